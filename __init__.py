@@ -1,0 +1,19 @@
+"""Video Reward LoRA: preference rewards and reward LoRAs for video diffusion models, as ComfyUI nodes.
+
+ComfyUI imports this file from custom_nodes/. It registers the reward_models folder and hands ComfyUI the
+node list; heavy libraries (transformers, diffusers) are imported only when a node runs. Imported outside
+ComfyUI (by test runners or tools), it registers nothing.
+"""
+try:
+    from .nodes.folders import register_reward_models_folder
+except ModuleNotFoundError as missing:
+    if missing.name != "folder_paths":
+        raise
+else:
+    register_reward_models_folder()
+
+
+async def comfy_entrypoint():
+    from .nodes.extension import VideoRewardExtension
+
+    return VideoRewardExtension()

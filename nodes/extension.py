@@ -1,0 +1,11 @@
+"""The pack's ComfyExtension: every node it offers."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .reward import NODES as REWARD_NODES
+
+
+class VideoRewardExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [*REWARD_NODES]

@@ -1,0 +1,1 @@
+"""Differentiable preference rewards for video frames (no ComfyUI imports)."""

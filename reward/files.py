@@ -1,0 +1,99 @@
+"""Finding reward-model files inside the model folders, and reading them without executing pickled code."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+MODEL_EXTENSIONS = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".sft")
+
+
+class RewardFileError(Exception):
+    """A reward-model file is missing, outside the model folders, or of the wrong kind."""
+
+
+def resolve_inside(roots: Iterable[Path], name: str) -> Path | None:
+    """The first existing `root/name` that stays inside its root; None when absent.
+
+    Raises RewardFileError when `name` tries to leave the folder (absolute path, `..`)."""
+    if not name or os.path.isabs(name) or Path(name).drive:
+        raise RewardFileError(f"'{name}' must be a name relative to the reward_models folder")
+    for root in roots:
+        root = Path(root).resolve()
+        candidate = (root / name).resolve()
+        if candidate != root and root not in candidate.parents:
+            raise RewardFileError(f"'{name}' resolves outside the reward_models folder {root}")
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def list_entries(roots: Iterable[Path]) -> list[str]:
+    """Top-level model files and model folders in the roots, sorted, for a file chooser."""
+    names: set[str] = set()
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            continue
+        for entry in root.iterdir():
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir() or entry.suffix.lower() in MODEL_EXTENSIONS:
+                names.add(entry.name)
+    return sorted(names, key=str.lower)
+
+
+def read_torch_file(path: Path) -> Any:
+    """`torch.load` restricted to tensors and plain containers (never unpickles code)."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise RewardFileError(
+            f"{path.name} holds pickled Python objects, not plain weights; it was not loaded "
+            f"(only weights-only files are read). Details: {str(err).splitlines()[0]}"
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise RewardFileError(f"{path.name} could not be read as a PyTorch file (truncated or corrupt?): {err}") from err
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, with a clear error for a corrupt one."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise RewardFileError(f"{path.name} is not a readable safetensors file (truncated or corrupt?): {err}") from err
+    return tensors, metadata
+
+
+def read_weights(path: Path) -> dict[str, Any]:
+    """A flat state dict from a .safetensors or weights-only torch file."""
+    if path.suffix.lower() in (".safetensors", ".sft"):
+        return read_safetensors(path)[0]
+    loaded = read_torch_file(path)
+    if not isinstance(loaded, Mapping):
+        raise RewardFileError(f"{path.name} does not hold a state dict (found {type(loaded).__name__})")
+    return dict(loaded)
+
+
+def write_safetensors_atomic(tensors: Mapping[str, Any], path: Path, metadata: Mapping[str, str] | None = None) -> None:
+    """Write a safetensors file through a temporary file in the same folder, then rename it into place."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=dict(metadata or {}))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,117 @@
+"""The reward models we support: their official files, where they come from, and how they load."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from .files import RewardFileError, resolve_inside
+
+CLIP_H_TOKENIZER = "CLIP-ViT-H-14-laion2B-s32B-b79K"
+CLIP_H_TOKENIZER_SOURCE = (
+    "https://huggingface.co/laion/CLIP-ViT-H-14-laion2B-s32B-b79K (the tokenizer files: tokenizer.json, "
+    "vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json)"
+)
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """One supported reward model.
+
+    `checkpoint` and `encoder` are the official file or folder names under models/reward_models; `encoder` is the
+    tokenizer folder (HPS, PickScore, MPS) or the image-encoder folder (aesthetic predictors). `norm` is the
+    (mean, std) used to put scores on a common scale when several rewards are mixed (rough estimates)."""
+
+    key: str
+    label: str
+    checkpoint: str
+    checkpoint_source: str
+    encoder: str
+    encoder_source: str
+    encoder_kind: str
+    loader: str
+    norm: tuple[float, float]
+    loss_target: float
+    loss_scale: float
+
+
+REWARDS: dict[str, RewardSpec] = {
+    spec.key: spec
+    for spec in (
+        RewardSpec(
+            "hps_v2.1", "HPS v2.1", "HPS_v2.1_compressed.pt",
+            "https://huggingface.co/xswu/HPSv2/blob/main/HPS_v2.1_compressed.pt",
+            CLIP_H_TOKENIZER, CLIP_H_TOKENIZER_SOURCE, "tokenizer", "hps:load_hps", (0.27, 0.02), 1.0, 1.0,
+        ),
+        RewardSpec(
+            "hps_v2", "HPS v2", "HPS_v2_compressed.pt",
+            "https://huggingface.co/xswu/HPSv2/blob/main/HPS_v2_compressed.pt",
+            CLIP_H_TOKENIZER, CLIP_H_TOKENIZER_SOURCE, "tokenizer", "hps:load_hps", (0.26, 0.02), 1.0, 1.0,
+        ),
+        RewardSpec(
+            "pickscore", "PickScore", "PickScore_v1",
+            "https://huggingface.co/yuvalkirstain/PickScore_v1 (the whole folder: config.json, model.safetensors)",
+            CLIP_H_TOKENIZER, CLIP_H_TOKENIZER_SOURCE, "tokenizer", "pickscore:load_pickscore", (21.0, 1.5), 100.0, 0.01,
+        ),
+        RewardSpec(
+            "mps", "MPS", "MPS_overall_checkpoint.pth",
+            "the Google Drive link in https://github.com/Kwai-Kolors/MPS (converted to safetensors on first use)",
+            CLIP_H_TOKENIZER, CLIP_H_TOKENIZER_SOURCE, "tokenizer", "mps:load_mps", (10.0, 2.0), 100.0, 0.01,
+        ),
+        RewardSpec(
+            "aesthetic_v2.5", "Aesthetic v2.5", "aesthetic_predictor_v2_5.pth",
+            "https://github.com/discus0434/aesthetic-predictor-v2-5/raw/main/models/aesthetic_predictor_v2_5.pth",
+            "siglip-so400m-patch14-384",
+            "https://huggingface.co/google/siglip-so400m-patch14-384 (config.json, model.safetensors)",
+            "image encoder", "aesthetic:load_aesthetic_v25", (5.5, 1.0), 10.0, 0.1,
+        ),
+        RewardSpec(
+            "aesthetic_v2", "Aesthetic v2", "sac+logos+ava1-l14-linearMSE.pth",
+            "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac+logos+ava1-l14-linearMSE.pth",
+            "clip-vit-large-patch14",
+            "https://huggingface.co/openai/clip-vit-large-patch14 (config.json, model.safetensors)",
+            "image encoder", "aesthetic:load_aesthetic_v2", (5.5, 1.0), 10.0, 0.1,
+        ),
+    )
+}
+
+
+def spec_for(key: str) -> RewardSpec:
+    try:
+        return REWARDS[key]
+    except KeyError:
+        raise ValueError(f"unknown reward model '{key}'; choose one of {', '.join(REWARDS)}") from None
+
+
+def locate(roots: Iterable[Path], name: str, what: str, official: str, source: str) -> Path:
+    """`name` inside one of the reward_models folders, or an error that says what to put where."""
+    roots = [Path(r) for r in roots]
+    found = resolve_inside(roots, name)
+    if found is None:
+        where = ", ".join(str(r) for r in roots) or "(no reward_models folder is configured)"
+        hint = f" The official one is '{official}', from {source}." if name != official else f" Get it from {source}."
+        raise RewardFileError(f"{what}: '{name}' was not found in models/reward_models (looked in: {where}).{hint}")
+    return found
+
+
+def load_reward(
+    key: str,
+    roots: Iterable[Path],
+    checkpoint: str | None = None,
+    encoder: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> torch.nn.Module:
+    """Load a reward model from its files in the reward_models folders (official names unless given)."""
+    spec = spec_for(key)
+    roots = list(roots)
+    ckpt = locate(roots, checkpoint or spec.checkpoint, spec.label, spec.checkpoint, spec.checkpoint_source)
+    enc = locate(roots, encoder or spec.encoder, f"{spec.label} {spec.encoder_kind}", spec.encoder, spec.encoder_source)
+    module, function = spec.loader.split(":")
+    loader = getattr(importlib.import_module(f".{module}", __package__), function)
+    model = loader(ckpt, enc, dtype, spec.label)
+    model.spec = spec
+    return model.to(device)

@@ -1,0 +1,150 @@
+"""The pack inside a real ComfyUI server (set COMFYUI_PATH; skipped otherwise).
+
+COMFYUI_PYTHON picks the interpreter of ComfyUI's environment (default: this one), and COMFYUI_PYTHONPATH is
+prepended to its PYTHONPATH (e.g. a torchvision stub on a CPU-only machine).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+COMFYUI = os.environ.get("COMFYUI_PATH")
+pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set")
+PACK_ROOT = Path(__file__).resolve().parents[1]
+NODES = {"VideoRewardModelLoader", "VideoRewardCombine", "VideoRewardScore", "VideoRewardRank"}
+
+
+def _request(base: str, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return {"http_status": err.code, **json.loads(err.read())}
+
+
+@pytest.fixture(scope="module")
+def server(reward_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("comfyui")
+    packs = work / "custom_nodes"
+    packs.mkdir()
+    (packs / "comfyui-video-reward-lora").symlink_to(PACK_ROOT)
+    config = work / "extra_model_paths.yaml"
+    config.write_text(f"tests:\n  custom_nodes: {packs}\n  reward_models: {reward_root}\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ)
+    if os.environ.get("COMFYUI_PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ["COMFYUI_PYTHONPATH"], env.get("PYTHONPATH")]))
+    dirs = {name: work / name for name in ("output", "temp", "input", "user")}
+    command = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
+               "--port", str(port), "--extra-model-paths-config", str(config)]
+    for name, path in dirs.items():
+        path.mkdir()
+        command += [f"--{name}-directory", str(path)]
+    log = open(work / "server.log", "w")
+    process = subprocess.Popen(command, cwd=COMFYUI, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            if process.poll() is not None:
+                pytest.fail(f"ComfyUI exited: {(work / 'server.log').read_text()[-3000:]}")
+            try:
+                _request(base, "/object_info/VideoRewardScore")
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield {"base": base, "log": work / "server.log", "dirs": dirs}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def _run(server: dict, graph: dict, timeout: float = 120) -> dict:
+    queued = _request(server["base"], "/prompt", {"prompt": graph})
+    assert "prompt_id" in queued, queued
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        history = _request(server["base"], f"/history/{queued['prompt_id']}")
+        entry = history.get(queued["prompt_id"])
+        if entry and entry["status"].get("completed") is not None and entry["status"]["status_str"] in ("success", "error"):
+            return entry
+        time.sleep(0.3)
+    pytest.fail(f"prompt did not finish in {timeout} s")
+
+
+def _loader(model: str, precision: str = "auto") -> dict:
+    return {"class_type": "VideoRewardModelLoader", "inputs": {
+        "model": model, "checkpoint": "auto (official name)", "encoder": "auto (official name)",
+        "precision": precision, "micro_batch": 4}}
+
+
+def test_nodes_register_with_schemas_and_fast_import(server):
+    info = _request(server["base"], "/object_info")
+    assert NODES <= set(info)
+    loader = info["VideoRewardModelLoader"]["input"]["required"]
+    assert "HPS_v2.1_compressed.pt" in loader["checkpoint"][1]["options"]
+    for name in NODES:
+        inputs = {**info[name]["input"]["required"], **info[name]["input"].get("optional", {})}
+        for key, spec in inputs.items():
+            assert spec[1].get("tooltip"), f"{name}.{key} has no tooltip"
+    log = server["log"].read_text()
+    # a failed import is listed as "N seconds (IMPORT FAILED): path", which this does not match
+    match = re.search(r"(\d+\.\d+) seconds: \S*comfyui-video-reward-lora", log)
+    assert match and float(match.group(1)) < 0.5, log[-2000:]
+
+
+def test_score_and_rank_a_generated_clip(server):
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 320, "height": 192, "batch_size": 4, "color": 0xFF3010}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": 320, "height": 192, "batch_size": 4, "color": 0x2040FF}},
+        "3": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["2", 0]}},
+        "4": _loader("HPS v2.1"),
+        "5": {"class_type": "VideoRewardScore", "inputs": {
+            "images": ["3", 0], "reward_model": ["4", 0], "prompt": "a red clip", "frames": "evenly",
+            "frame_count": 3, "seed": 0}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 2], "filename_prefix": "reward_plot"}},
+        "7": _loader("Aesthetic v2.5", "fp32"),
+        "8": {"class_type": "VideoRewardCombine", "inputs": {
+            "reward_1": ["4", 0], "weight_1": 1.0, "reward_2": ["7", 0], "weight_2": 0.5, "normalize": True}},
+        "9": {"class_type": "VideoRewardRank", "inputs": {
+            "images": ["3", 0], "reward_model": ["8", 0], "prompt": "a red clip", "frames_per_video": 4,
+            "frames": "all", "frame_count": 1, "seed": 0}},
+        "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "best"}},
+    }
+    entry = _run(server, graph)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    text = entry["outputs"]["5"]["text"][0]
+    assert text.startswith("video score:") and re.findall(r"frame (\d+):", text) == ["0", "4", "7"]
+    ranking = entry["outputs"]["9"]["text"][0].splitlines()
+    assert len(ranking) == 2 and ranking[0].startswith("#1: video ")
+    plots = list((server["dirs"]["output"]).glob("reward_plot_*.png"))
+    best = list((server["dirs"]["output"]).glob("best_*.png"))
+    assert len(plots) == 1 and len(best) == 4
+
+
+def test_missing_model_file_is_a_clear_node_error(server):
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+        "2": _loader("PickScore"),
+        "3": {"class_type": "VideoRewardScore", "inputs": {
+            "images": ["1", 0], "reward_model": ["2", 0], "prompt": "x", "frames": "all", "frame_count": 1, "seed": 0}},
+    }
+    graph["2"]["inputs"]["checkpoint"] = "HPS_v2.1_compressed.pt"
+    entry = _run(server, graph)
+    assert entry["status"]["status_str"] == "error"
+    error = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
+    assert "PickScore needs the PickScore_v1 model folder" in error["exception_message"]

@@ -1,0 +1,106 @@
+"""Frame selection, loss forms, composite rewards, video scoring and ranking, file handling."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from reward.composite import CompositeReward, RewardTerm, reward_loss, select_frames
+from reward.files import RewardFileError, list_entries, resolve_inside, write_safetensors_atomic
+from reward.plot import line_chart
+from reward.scoring import rank_videos, score_video, split_videos
+
+
+class Brightness(nn.Module):
+    """A stand-in reward: mean brightness of each frame times a factor."""
+
+    def __init__(self, factor: float = 1.0, label: str = "brightness") -> None:
+        super().__init__()
+        self.factor, self.label, self.calls = factor, label, []
+
+    def forward(self, frames: torch.Tensor, prompt: str) -> torch.Tensor:
+        self.calls.append(frames.shape[0])
+        return frames.mean(dim=(1, 2, 3)) * self.factor
+
+
+def test_select_frames():
+    assert select_frames(5, "all") == [0, 1, 2, 3, 4]
+    assert select_frames(5, "first") == [0]
+    assert select_frames(49, "evenly", 4) == [0, 16, 32, 48]
+    assert select_frames(3, "evenly", 10) == [0, 1, 2]
+    picked = select_frames(49, "random", 5, seed=3)
+    assert picked == select_frames(49, "random", 5, seed=3) and len(set(picked)) == 5 and picked == sorted(picked)
+    assert picked != select_frames(49, "random", 5, seed=4)
+    with pytest.raises(ValueError, match="at least 1"):
+        select_frames(5, "evenly", 0)
+    with pytest.raises(ValueError, match="unknown frame selection"):
+        select_frames(5, "middle")
+
+
+def test_loss_forms():
+    rewards = torch.tensor([0.2, 0.4])
+    assert reward_loss(rewards, "negative", scale=2.0).item() == pytest.approx(-0.6)
+    assert reward_loss(rewards, "target", target=1.0, scale=0.5).item() == pytest.approx(0.35)
+    with pytest.raises(ValueError, match="unknown loss form"):
+        reward_loss(rewards, "hinge")
+
+
+def test_composite_is_weighted_sum_of_normalised_scores():
+    frames = torch.full((2, 3, 4, 4), 0.5)
+    frames[1] = 0.25
+    mix = CompositeReward([RewardTerm(Brightness(1.0, "a"), 2.0, 0.5, 0.25), RewardTerm(Brightness(10.0, "b"), -1.0, 3.0, 2.0)])
+    expected = 2.0 * (frames.mean((1, 2, 3)) - 0.5) / 0.25 - 1.0 * (10 * frames.mean((1, 2, 3)) - 3.0) / 2.0
+    assert torch.allclose(mix(frames, ""), expected)
+    assert mix.label == "2*a + -1*b"
+    with pytest.raises(ValueError, match="std must be positive"):
+        CompositeReward([RewardTerm(Brightness(), std=0.0)])
+
+
+def test_score_video_micro_batches_and_reports_progress():
+    frames = torch.linspace(0, 1, 7).view(7, 1, 1, 1).expand(7, 3, 2, 2)
+    reward, done = Brightness(), []
+    result = score_video(reward, frames, "", "all", micro_batch=3, progress=done.append)
+    assert reward.calls == [3, 3, 1] and done == [3, 3, 1]
+    assert result.frame_scores == pytest.approx(torch.linspace(0, 1, 7).tolist())
+    assert result.score == pytest.approx(0.5)
+    assert "video score: 0.5" in result.describe()
+    assert score_video(reward, frames, "", "evenly", count=3).frame_indices == [0, 3, 6]
+
+
+def test_rank_and_split():
+    videos = [torch.full((4, 3, 2, 2), v) for v in (0.2, 0.9, 0.5)]
+    ranked = rank_videos(Brightness(), videos, "")
+    assert [i for i, _ in ranked] == [1, 2, 0]
+    batch = torch.cat(videos)
+    assert [v.shape[0] for v in split_videos(batch, 4)] == [4, 4, 4]
+    with pytest.raises(ValueError, match="do not divide"):
+        split_videos(batch, 5)
+    with pytest.raises(ValueError, match="no videos"):
+        rank_videos(Brightness(), [], "")
+
+
+def test_files(tmp_path):
+    (tmp_path / "a.pt").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "Folder").mkdir()
+    assert list_entries([tmp_path, tmp_path / "missing"]) == ["a.pt", "Folder"]
+    assert resolve_inside([tmp_path], "a.pt") == tmp_path / "a.pt"
+    assert resolve_inside([tmp_path], "absent.pt") is None
+    with pytest.raises(RewardFileError):
+        resolve_inside([tmp_path], "Folder/../../x")
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.safetensors"
+    with pytest.raises(Exception):
+        write_safetensors_atomic({"bad": "not a tensor"}, target)
+    assert list(tmp_path.iterdir()) == []
+    write_safetensors_atomic({"w": torch.ones(2)}, target, {"k": "v"})
+    assert target.exists() and [p.name for p in tmp_path.iterdir()] == ["out.safetensors"]
+
+
+def test_line_chart_draws_series():
+    image = line_chart({"a": [1.0, 2.0, 3.0], "b": [3.0, 2.0, float("nan")]}, title="t")
+    assert image.shape == (360, 640, 3) and image.dtype.name == "uint8"
+    blue, orange = (image == (31, 119, 180)).all(-1).sum(), (image == (255, 127, 14)).all(-1).sum()
+    assert blue > 100 and orange > 50
