@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io, ui
 
-from ..reward.composite import FRAME_MODES, CompositeReward, RewardTerm
+from ..reward.composite import FRAME_MODES, CompositeReward, RewardTerm, select_frames
 from ..reward.files import list_entries
 from ..reward.plot import line_chart
 from ..reward.registry import REWARDS, load_reward
-from ..reward.scoring import VideoScore, rank_videos, score_video, split_videos
+from ..reward.scoring import rank_videos, score_video, split_videos
 from .folders import reward_model_roots
 from .types import LoadedReward, RewardModelType
 
@@ -41,13 +41,12 @@ def _chart(series: dict[str, list[float]], title: str, x_label: str, x_values: l
     return torch.from_numpy(array.copy()).float().div(255.0).unsqueeze(0)
 
 
-def _score(loaded: LoadedReward, frames: torch.Tensor, prompt: str, mode: str, count: int, seed: int) -> VideoScore:
+def _progress(videos: list[torch.Tensor], mode: str, count: int, seed: int):
+    """A ComfyUI progress bar over every frame that will be scored; returns its update function."""
     import comfy.utils
 
-    loaded.load()
-    total = frames.shape[0] if mode == "all" else 1 if mode == "first" else min(count, frames.shape[0])
-    bar = comfy.utils.ProgressBar(total)
-    return score_video(loaded.reward, frames, prompt, mode, count, seed, loaded.micro_batch, bar.update)
+    total = sum(len(select_frames(v.shape[0], mode, count, seed)) for v in videos)
+    return comfy.utils.ProgressBar(total).update
 
 
 class LoadRewardModel(io.ComfyNode):
@@ -175,7 +174,10 @@ class ScoreVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, reward_model: LoadedReward, prompt: str, frames: str, frame_count: int, seed: int) -> io.NodeOutput:
-        result = _score(reward_model, _video(images), prompt, frames, frame_count, seed)
+        video = _video(images)
+        progress = _progress([video], frames, frame_count, seed)
+        reward_model.load()
+        result = score_video(reward_model.reward, video, prompt, frames, frame_count, seed, reward_model.micro_batch, progress)
         label = reward_model.reward.label
         plot = _chart({label: result.frame_scores}, f"{label}: {result.score:.4g}", "frame", result.frame_indices)
         text = result.describe()
@@ -225,9 +227,10 @@ class RankVideos(io.ComfyNode):
             videos = split_videos(batch, per_video) if per_video else list(batch.split(1))
         loaded: LoadedReward = reward_model[0]
         loaded.load()
+        mode, count, seed_value = frames[0], frame_count[0], seed[0]
         ranked = rank_videos(
-            loaded.reward, videos, prompt[0], mode=frames[0], count=frame_count[0], seed=seed[0],
-            micro_batch=loaded.micro_batch,
+            loaded.reward, videos, prompt[0], mode=mode, count=count, seed=seed_value,
+            micro_batch=loaded.micro_batch, progress=_progress(videos, mode, count, seed_value),
         )
         best_index = ranked[0][0]
         text = "\n".join(f"#{place + 1}: video {i} score {s.score:.6g}" for place, (i, s) in enumerate(ranked))
