@@ -1,6 +1,6 @@
 """The pack's main job on an embedded default: score a generated clip with rewards built at run time.
 
-    python -m reward.demo [--output demo_output]
+    python -m video_reward_lora.reward.demo [--output demo_output]
 
 Tiny HPS v2.1 and aesthetic v2.5 models are written (seeded) in their official file formats under
 `<output>/models/reward_models` and loaded through the real loaders; a 16-frame clip is drawn, scored per frame

@@ -4,7 +4,7 @@ The pickle is read with an unpickler that resolves only tensor-rebuilding functi
 Every other class or function it names becomes an inert stub that records its arguments and state, so no code
 from the file (or from the MPS repository) ever runs. The module tree is then walked for its weights.
 
-Usage: python -m reward.mps_convert MPS_overall_checkpoint.pth [MPS_overall_checkpoint.safetensors]
+Usage: python -m video_reward_lora.reward.mps_convert MPS_overall_checkpoint.pth [MPS_overall_checkpoint.safetensors]
 """
 from __future__ import annotations
 

@@ -8,3 +8,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements.txt pytest
+# the repository root as the importable package `video_reward_lora` (tests, demo and CLI import it so)
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from reward import mps
-from reward.tiny import write_reward_models
+from video_reward_lora.reward import mps
+from video_reward_lora.reward.tiny import write_reward_models
 
 ALL_TINY = ("hps_v2.1", "pickscore", "aesthetic_v2", "aesthetic_v2.5")
 
@@ -20,7 +20,7 @@ def write_mps_pickle(path: Path, vocab_size: int, seed: int = 0) -> None:
     repository's module names (trainer.models.*) while saving, and are gone again before anything reads it."""
     from transformers import CLIPModel
 
-    from reward.tiny import tiny_clip_config
+    from video_reward_lora.reward.tiny import tiny_clip_config
 
     clip_mod = types.ModuleType("trainer.models.clip_model")
     cross_mod = types.ModuleType("trainer.models.cross_modeling")

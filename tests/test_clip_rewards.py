@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reward.files import RewardFileError
-from reward.registry import load_reward
+from video_reward_lora.reward.files import RewardFileError
+from video_reward_lora.reward.registry import load_reward
 
 
 def test_pickscore_is_logit_scaled_cosine(reward_root, video):

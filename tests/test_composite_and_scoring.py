@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from reward.composite import CompositeReward, RewardTerm, reward_loss, select_frames
-from reward.files import RewardFileError, list_entries, resolve_inside, write_safetensors_atomic
-from reward.plot import line_chart
-from reward.scoring import rank_videos, score_video, split_videos
+from video_reward_lora.reward.composite import CompositeReward, RewardTerm, reward_loss, select_frames
+from video_reward_lora.reward.files import RewardFileError, list_entries, resolve_inside, write_safetensors_atomic
+from video_reward_lora.reward.plot import line_chart
+from video_reward_lora.reward.scoring import rank_videos, score_video, split_videos
 
 
 class Brightness(nn.Module):

@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 import pytest
 
-from reward.clip_arch import load_tokenizer, tokenize
-from reward.files import RewardFileError
-from reward.hps import unwrap_state_dict
-from reward.registry import load_reward
+from video_reward_lora.reward.clip_arch import load_tokenizer, tokenize
+from video_reward_lora.reward.files import RewardFileError
+from video_reward_lora.reward.hps import unwrap_state_dict
+from video_reward_lora.reward.registry import load_reward
 
 
 def _open_clip_blocks(x, state, prefix, heads, mask=None):

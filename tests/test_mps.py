@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reward.files import RewardFileError
-from reward.mps import CrossModel, split_state
-from reward.mps_convert import _restricted_pickle, convert_mps_checkpoint, is_pickled_module, module_weights
-from reward.registry import load_reward
+from video_reward_lora.reward.files import RewardFileError
+from video_reward_lora.reward.mps import CrossModel, split_state
+from video_reward_lora.reward.mps_convert import _restricted_pickle, convert_mps_checkpoint, is_pickled_module, module_weights
+from video_reward_lora.reward.registry import load_reward
 
 
 def test_converter_reads_the_pickle_without_its_classes(reward_root, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reward.preprocess import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, Preprocess
+from video_reward_lora.reward.preprocess import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, Preprocess
 
 # PIL works on uint8 images: half a grey level of rounding after the resize, before normalisation (std ~0.27)
 UINT8_TOLERANCE = 1.5 / 255 / 0.26

@@ -24,8 +24,6 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 SIZES = {  # (vision width, vision layers, text width, text layers, projection)
     "vit-h": (1280, 32, 1024, 24, 1024),
@@ -36,10 +34,10 @@ SIZES = {  # (vision width, vision layers, text width, text layers, projection)
 def build(size: str, device: torch.device, dtype: torch.dtype, micro_batch: int):
     from transformers import CLIPConfig, CLIPModel
 
-    from reward.clip_arch import TEXT_HEAD_WIDTH, VISION_HEAD_WIDTH, load_tokenizer
-    from reward.clip_similarity import ClipSimilarityReward
-    from reward.preprocess import Preprocess
-    from reward.tiny import write_clip_tokenizer
+    from video_reward_lora.reward.clip_arch import TEXT_HEAD_WIDTH, VISION_HEAD_WIDTH, load_tokenizer
+    from video_reward_lora.reward.clip_similarity import ClipSimilarityReward
+    from video_reward_lora.reward.preprocess import Preprocess
+    from video_reward_lora.reward.tiny import write_clip_tokenizer
 
     vw, vl, tw, tl, proj = SIZES[size]
     folder = Path(tempfile.mkdtemp()) / "tokenizer"
