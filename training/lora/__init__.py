@@ -1,0 +1,1 @@
+"""LoRA files: formats, per-family module names, merging and baking."""

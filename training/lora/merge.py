@@ -1,0 +1,188 @@
+"""Merging a LoRA into weights: one tensor, a whole checkpoint file (bake), including fp8 checkpoints.
+
+Merges are computed in float32 and cast back to the weight's dtype. fp8 weights are dequantised first (with
+ComfyUI's per-tensor `scale_weight` where the checkpoint has one) and re-quantised with a fresh scale.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .formats import Lora, LoraModule
+from .keymap import to_diffusers
+
+FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+CHECKPOINT_PREFIXES = ("", "diffusion_model.", "model.diffusion_model.")
+
+
+class BakeError(ValueError):
+    """The LoRA does not fit the checkpoint, or the checkpoint cannot be read."""
+
+
+def merged(weight: torch.Tensor, module: LoraModule, strength: float, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """`W + strength * (alpha / r) * up @ down` in float32 (W dequantised by `scale` if given)."""
+    full = weight.float() * (scale.float() if scale is not None else 1.0)
+    if full.flatten(1).shape != (module.up.shape[0], module.down.flatten(1).shape[1]):
+        raise BakeError(
+            f"LoRA shape {module.up.shape[0]}x{module.down.flatten(1).shape[1]} does not fit a weight of shape "
+            f"{tuple(weight.shape)} (a LoRA for another model size?)"
+        )
+    return full + module.delta(strength).reshape(full.shape)
+
+
+def quantise_fp8(value: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp8 tensor, float32 scale) with `fp8 * scale ≈ value`, the scale mapping the largest |value| to fp8's max."""
+    scale = (value.abs().max() / torch.finfo(dtype).max).clamp(min=1e-12)
+    return (value / scale).to(dtype), scale.reshape(())
+
+
+def target_keys(lora: Lora, shapes: dict[str, list[int]]) -> dict[str, str]:
+    """{checkpoint weight key: original module name} for every LoRA module, under original or diffusers names.
+
+    Raises BakeError when a module has no weight or a weight of another shape."""
+    found: dict[str, str] = {}
+    missing = []
+    for name, module in lora.modules.items():
+        candidates = [name, to_diffusers(lora.family, name) or name]
+        key = next((f"{p}{c}.weight" for p in CHECKPOINT_PREFIXES for c in candidates if f"{p}{c}.weight" in shapes), None)
+        if key is None:
+            missing.append(name)
+            continue
+        expected = [module.up.shape[0], module.down.flatten(1).shape[1]]
+        if [shapes[key][0], int(torch.tensor(shapes[key][1:]).prod())] != expected:
+            raise BakeError(
+                f"{name}: the LoRA changes a {expected[0]}x{expected[1]} weight but the checkpoint's {key} is "
+                f"{'x'.join(map(str, shapes[key]))} (a LoRA for another model size?)"
+            )
+        found[key] = name
+    if missing:
+        raise BakeError(
+            f"{len(missing)} of {len(lora.modules)} {lora.label} LoRA modules have no weight in the checkpoint "
+            f"(e.g. {', '.join(sorted(missing)[:3])}); is it a {lora.label} checkpoint?"
+        )
+    return found
+
+
+@dataclass
+class BakeReport:
+    merged_modules: int = 0
+    fp8_modules: int = 0
+    worst_fp8_error: float = 0.0
+
+    def describe(self) -> str:
+        text = f"merged {self.merged_modules} modules"
+        if self.fp8_modules:
+            text += (
+                f"; {self.fp8_modules} fp8 weights merged in float32 and re-quantised: the fp8 rounding is up to "
+                f"{self.worst_fp8_error:.1%} of the LoRA's change to a weight (relative L2)"
+            )
+        return text
+
+
+def _header(path: Path) -> tuple[dict, int]:
+    try:
+        with open(path, "rb") as handle:
+            size = struct.unpack("<Q", handle.read(8))[0]
+            header = json.loads(handle.read(size))
+    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BakeError(f"{path.name} is not a readable safetensors checkpoint (truncated or corrupt?): {err}") from err
+    return header, 8 + size
+
+
+def bake(
+    checkpoint: Path,
+    lora: Lora,
+    strength: float,
+    output: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> BakeReport:
+    """Write `checkpoint` with `lora` merged at `strength` to `output`: same keys, order, dtypes and metadata.
+
+    Tensors are streamed one at a time, so memory stays near the largest tensor. The file is written to a
+    temporary name in the output folder and renamed when complete; nothing is written if the LoRA does not fit."""
+    from safetensors import SafetensorError, safe_open
+
+    header, _ = _header(checkpoint)
+    metadata = header.pop("__metadata__", None) or {}
+    targets = target_keys(lora, {k: v["shape"] for k, v in header.items()})
+    report = BakeReport()
+    order = sorted(header, key=lambda k: header[k]["data_offsets"][0])
+    offsets, position = {}, 0
+    for key in order:
+        begin, end = header[key]["data_offsets"]
+        offsets[key] = [position, position + end - begin]
+        position += end - begin
+    out_header = {k: {**header[k], "data_offsets": offsets[k]} for k in order}
+    if metadata:
+        out_header["__metadata__"] = metadata
+    blob = json.dumps(out_header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, safe_open(str(checkpoint), framework="pt") as source:
+            scales = _fp8_scales(source, header, targets, lora, strength)
+            out.write(struct.pack("<Q", len(blob)) + blob)
+            for index, key in enumerate(order):
+                tensor = source.get_tensor(key)
+                if key in targets:
+                    tensor = _merge_one(tensor, key, lora.modules[targets[key]], strength, source, scales, report)
+                elif key in scales:
+                    tensor = scales[key].to(tensor.dtype).reshape(tensor.shape)
+                out.write(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+                if progress is not None:
+                    progress(index + 1, len(order))
+        os.replace(tmp, output)
+    except SafetensorError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise BakeError(f"{checkpoint.name} could not be read (truncated or corrupt?): {err}") from err
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return report
+
+
+def _scale_key(key: str) -> str:
+    return key[: -len(".weight")] + ".scale_weight"
+
+
+def _fp8_scales(source, header: dict, targets: dict[str, str], lora: Lora, strength: float) -> dict[str, torch.Tensor]:
+    """New per-tensor scales of scaled-fp8 weights (a first pass: a scale may precede its weight in the file)."""
+    scales = {}
+    for key, name in targets.items():
+        if header[key]["dtype"].startswith("F8") and _scale_key(key) in header:
+            weight = source.get_tensor(key)
+            exact = merged(weight, lora.modules[name], strength, source.get_tensor(_scale_key(key)))
+            scales[_scale_key(key)] = quantise_fp8(exact, weight.dtype)[1]
+    return scales
+
+
+def _merge_one(
+    weight: torch.Tensor, key: str, module: LoraModule, strength: float, source, scales: dict[str, torch.Tensor],
+    report: BakeReport,
+) -> torch.Tensor:
+    report.merged_modules += 1
+    if weight.dtype not in FP8:
+        return merged(weight, module, strength).to(weight.dtype)
+    limit = torch.finfo(weight.dtype).max
+    if _scale_key(key) in scales:
+        exact = merged(weight, module, strength, source.get_tensor(_scale_key(key)))
+        scale = scales[_scale_key(key)]
+        quantised = (exact / scale).clamp(-limit, limit).to(weight.dtype)
+        restored = quantised.float() * scale
+    else:
+        exact = merged(weight, module, strength)
+        quantised = exact.clamp(-limit, limit).to(weight.dtype)
+        restored = quantised.float()
+    change = module.delta(strength).reshape(exact.shape).norm().clamp(min=1e-12)
+    report.fp8_modules += 1
+    report.worst_fp8_error = max(report.worst_fp8_error, float((restored - exact).norm() / change))
+    return quantised
