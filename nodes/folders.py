@@ -20,3 +20,8 @@ def register_reward_models_folder() -> None:
 
 def reward_model_roots() -> list[Path]:
     return [Path(p) for p in folder_paths.get_folder_paths(REWARD_MODELS)]
+
+
+def lora_path(name: str) -> Path:
+    """A file chosen from ComfyUI's loras list (ComfyUI refuses names outside its folders)."""
+    return Path(folder_paths.get_full_path_or_raise("loras", name))

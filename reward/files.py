@@ -29,6 +29,22 @@ def resolve_inside(roots: Iterable[Path], name: str) -> Path | None:
     return None
 
 
+def output_path(folder: Path, name: str, suffix: str, overwrite: bool = False) -> Path:
+    """`folder/name` (with `suffix` added when missing) for a new file, refusing names that leave the folder and,
+    unless `overwrite`, names of existing files."""
+    if not name.strip() or os.path.isabs(name) or Path(name).drive:
+        raise RewardFileError(f"'{name}' must be a file name relative to {folder}")
+    if not name.endswith(suffix):
+        name += suffix
+    folder = folder.resolve()
+    target = (folder / name).resolve()
+    if folder not in target.parents:
+        raise RewardFileError(f"'{name}' resolves outside {folder}")
+    if target.exists() and not overwrite:
+        raise RewardFileError(f"{target} already exists; choose another name or allow overwriting")
+    return target
+
+
 def list_entries(roots: Iterable[Path]) -> list[str]:
     """Top-level model files and model folders in the roots, sorted, for a file chooser."""
     names: set[str] = set()

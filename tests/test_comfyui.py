@@ -21,7 +21,25 @@ import pytest
 COMFYUI = os.environ.get("COMFYUI_PATH")
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set")
 PACK_ROOT = Path(__file__).resolve().parents[1]
-NODES = {"VideoRewardModelLoader", "VideoRewardCombine", "VideoRewardScore", "VideoRewardRank"}
+NODES = {"VideoRewardModelLoader", "VideoRewardCombine", "VideoRewardScore", "VideoRewardRank",
+         "WanRewardLoraPair", "RewardLoraLoader", "BakeRewardLora", "ConvertRewardLora"}
+
+
+@pytest.fixture(scope="module")
+def lora_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """loras/ with a published-format Wan LoRA, diffusion_models/ with a checkpoint it fits (original Wan names)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from video_reward_lora.training.lora.formats import Lora, LoraModule, write_lora
+
+    root = tmp_path_factory.mktemp("lora_models")
+    (root / "diffusion_models").mkdir()
+    names = ["blocks.0.self_attn.q", "blocks.0.cross_attn.k", "head.head"]
+    save_file({f"{n}.weight": torch.randn(16, 12).to(torch.bfloat16) for n in names}, root / "diffusion_models" / "tiny_wan.safetensors")
+    write_lora(Lora("wan", {n: LoraModule(torch.randn(4, 12), torch.randn(16, 4), 2.0) for n in names}),
+               root / "loras" / "Wan2.2-Fun-A14B-InP-high-noise-HPS2.1.safetensors", "videox")
+    return root
 
 
 def _request(base: str, path: str, body: dict | None = None) -> dict:
@@ -35,13 +53,16 @@ def _request(base: str, path: str, body: dict | None = None) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(reward_root: Path, tmp_path_factory: pytest.TempPathFactory):
+def server(reward_root: Path, lora_models: Path, tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("comfyui")
     packs = work / "custom_nodes"
     packs.mkdir()
     (packs / "comfyui-video-reward-lora").symlink_to(PACK_ROOT)
     config = work / "extra_model_paths.yaml"
-    config.write_text(f"tests:\n  custom_nodes: {packs}\n  reward_models: {reward_root}\n")
+    config.write_text(
+        f"tests:\n  custom_nodes: {packs}\n  reward_models: {reward_root}\n"
+        f"  loras: {lora_models / 'loras'}\n  diffusion_models: {lora_models / 'diffusion_models'}\n"
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -50,7 +71,7 @@ def server(reward_root: Path, tmp_path_factory: pytest.TempPathFactory):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ["COMFYUI_PYTHONPATH"], env.get("PYTHONPATH")]))
     dirs = {name: work / name for name in ("output", "temp", "input", "user")}
     command = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
-               "--port", str(port), "--extra-model-paths-config", str(config)]
+               "--port", str(port), "--extra-model-paths-config", str(config), "--base-directory", str(work)]
     for name, path in dirs.items():
         path.mkdir()
         command += [f"--{name}-directory", str(path)]
@@ -66,7 +87,7 @@ def server(reward_root: Path, tmp_path_factory: pytest.TempPathFactory):
                 break
             except OSError:
                 time.sleep(0.5)
-        yield {"base": base, "log": work / "server.log", "dirs": dirs}
+        yield {"base": base, "log": work / "server.log", "dirs": dirs, "loras": work / "models" / "loras"}
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -148,3 +169,43 @@ def test_missing_model_file_is_a_clear_node_error(server):
     assert entry["status"]["status_str"] == "error"
     error = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
     assert "PickScore needs the PickScore_v1 model folder" in error["exception_message"]
+
+
+def test_convert_and_bake_through_the_api(server):
+    lora = "Wan2.2-Fun-A14B-InP-high-noise-HPS2.1.safetensors"
+    graph = {
+        "1": {"class_type": "ConvertRewardLora", "inputs": {"lora": lora, "format": "diffusers",
+                                                              "filename": "converted/high_diffusers", "overwrite": False}},
+        "2": {"class_type": "BakeRewardLora", "inputs": {"checkpoint": "tiny_wan.safetensors", "lora": lora, "strength": 0.7,
+                                                           "filename": "baked/tiny_wan_reward.safetensors", "overwrite": False}},
+    }
+    entry = _run(server, graph)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    converted = server["loras"] / "converted" / "high_diffusers.safetensors"
+    baked = server["dirs"]["output"] / "baked" / "tiny_wan_reward.safetensors"
+    assert converted.exists() and baked.exists()
+    assert "merged 3 modules" in entry["outputs"]["2"]["text"][0]
+    again = _run(server, {"1": {**graph["1"], "inputs": {**graph["1"]["inputs"], "format": "comfyui"}}})
+    error = next(m[1] for m in again["status"]["messages"] if m[0] == "execution_error")
+    assert "already exists" in error["exception_message"]
+    escape = _run(server, {"2": {**graph["2"], "inputs": {**graph["2"]["inputs"], "filename": "../../escape"}}})
+    error = next(m[1] for m in escape["status"]["messages"] if m[0] == "execution_error")
+    assert "outside" in error["exception_message"]
+
+
+def test_wan_pair_node_matches_comfyui_lora_loader(tmp_path):
+    """Sampling tiny native Wan experts patched by the pack's node and by LoraLoaderModelOnly gives equal latents."""
+    script = PACK_ROOT / "tests" / "comfyui_scripts" / "wan_lora_parity.py"
+    env = dict(os.environ)
+    if os.environ.get("COMFYUI_PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ["COMFYUI_PYTHONPATH"], env.get("PYTHONPATH")]))
+    run = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), str(script), str(PACK_ROOT), str(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    line = next((l for l in run.stdout.splitlines() if l.startswith("RESULT ")), None)
+    assert line, run.stdout[-2000:] + run.stderr[-3000:]
+    result = json.loads(line[len("RESULT "):])
+    assert result["high_equal_to_core"] and result["low_equal_to_core"]
+    assert result["high_differs_from_base"] > 1e-3 and result["low_differs_from_base"] > 1e-3
+    assert "22/22 modules matched, strength 0.7" in result["report"] and "strength 0.55" in result["report"]
+    assert "named for the low-noise expert but was applied to the high-noise model" in result["swapped_report"]
+    assert "is a CogVideoX-Fun reward LoRA" in result["cog_error"]
