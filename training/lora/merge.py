@@ -28,13 +28,17 @@ class BakeError(ValueError):
 
 def merged(weight: torch.Tensor, module: LoraModule, strength: float, scale: torch.Tensor | None = None) -> torch.Tensor:
     """`W + strength * (alpha / r) * up @ down` in float32 (W dequantised by `scale` if given)."""
-    full = weight.float() * (scale.float() if scale is not None else 1.0)
+    full = weight.float() * scale.float() if scale is not None else weight.float()
     if full.flatten(1).shape != (module.up.shape[0], module.down.flatten(1).shape[1]):
         raise BakeError(
             f"LoRA shape {module.up.shape[0]}x{module.down.flatten(1).shape[1]} does not fit a weight of shape "
             f"{tuple(weight.shape)} (a LoRA for another model size?)"
         )
-    return full + module.delta(strength).reshape(full.shape)
+    if full.data_ptr() == weight.data_ptr():
+        full = full.clone()
+    up, down = module.up.flatten(1).to(full), module.down.flatten(1).to(full)
+    full.view(full.shape[0], -1).addmm_(up, down, alpha=strength * module.scale)
+    return full
 
 
 def quantise_fp8(value: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
