@@ -42,6 +42,13 @@ def lora_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _comfy_env() -> dict[str, str]:
+    env = dict(os.environ)
+    if os.environ.get("COMFYUI_PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ["COMFYUI_PYTHONPATH"], env.get("PYTHONPATH")]))
+    return env
+
+
 def _request(base: str, path: str, body: dict | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
@@ -66,9 +73,7 @@ def server(reward_root: Path, lora_models: Path, tmp_path_factory: pytest.TempPa
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ)
-    if os.environ.get("COMFYUI_PYTHONPATH"):
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ["COMFYUI_PYTHONPATH"], env.get("PYTHONPATH")]))
+    env = _comfy_env()
     dirs = {name: work / name for name in ("output", "temp", "input", "user")}
     command = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
                "--port", str(port), "--extra-model-paths-config", str(config), "--base-directory", str(work)]
@@ -196,9 +201,7 @@ def test_convert_and_bake_through_the_api(server):
 def test_wan_pair_node_matches_comfyui_lora_loader(tmp_path):
     """Sampling tiny native Wan experts patched by the pack's node and by LoraLoaderModelOnly gives equal latents."""
     script = PACK_ROOT / "tests" / "comfyui_scripts" / "wan_lora_parity.py"
-    env = dict(os.environ)
-    if os.environ.get("COMFYUI_PYTHONPATH"):
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ["COMFYUI_PYTHONPATH"], env.get("PYTHONPATH")]))
+    env = _comfy_env()
     run = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), str(script), str(PACK_ROOT), str(tmp_path)],
                          capture_output=True, text=True, env=env, timeout=300)
     line = next((l for l in run.stdout.splitlines() if l.startswith("RESULT ")), None)

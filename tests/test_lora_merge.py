@@ -188,3 +188,19 @@ def test_bake_refuses_lora_that_does_not_fit(tmp_path):
         bake(truncated, Lora(WAN, {"head.head": LoraModule(torch.ones(4, 12), torch.ones(16, 4), 2.0)}), 1.0, tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("family", [COGVIDEOX, EASYANIMATE])
+def test_bake_diffusers_named_checkpoints(tmp_path, family):
+    """CogVideoX-Fun and EasyAnimate transformer files use diffusers names; the LoRA's original names are mapped."""
+    model = tiny_model(family)
+    lora = lora_for(model, family)
+    state = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    save_file(state, tmp_path / "diffusion_pytorch_model.safetensors")
+    report = bake(tmp_path / "diffusion_pytorch_model.safetensors", lora, 0.7, tmp_path / "baked.safetensors")
+    baked = load_file(tmp_path / "baked.safetensors")
+    assert report.merged_modules == len(lora.modules) and baked.keys() == state.keys()
+    for name, module in lora.modules.items():
+        key = f"{to_diffusers(family, name)}.weight"
+        expected = state[key].double() + 0.7 * 0.5 * (module.up.double() @ module.down.double())
+        assert (baked[key].double() - expected).abs().max() <= TOLERANCE[torch.bfloat16] * expected.abs().max(), name
