@@ -9,7 +9,7 @@ from comfy_api.latest import io, ui
 
 from ..training.lora.formats import FORMATS, Lora, lora_state_dict, read_lora, write_lora
 from ..training.lora.keymap import WAN
-from ..training.lora.merge import bake
+from ..training.lora.merge import bake, bake_shards, shard_index
 from ..reward.files import output_path
 from .folders import lora_path
 
@@ -152,7 +152,9 @@ class BakeRewardLora(io.ComfyNode):
             "weights are merged in float32 and re-quantised), into the output folder.",
             inputs=[
                 io.Combo.Input("checkpoint", options=folder_paths.get_filename_list("diffusion_models"),
-                               tooltip="The checkpoint (.safetensors) from models/diffusion_models."),
+                               tooltip="The checkpoint (.safetensors) from models/diffusion_models. Choosing one shard "
+                               "of a sharded checkpoint (name-0000N-of-0000M.safetensors next to its .index.json) bakes "
+                               "all shards into a folder named by 'filename'."),
                 _lora_input("lora", "The reward LoRA to merge."),
                 _strength_input("strength", "Strength to merge at."),
                 _output_name_input("baked/model_reward.safetensors", "File name under the output folder."),
@@ -168,9 +170,16 @@ class BakeRewardLora(io.ComfyNode):
         import folder_paths
 
         source = Path(folder_paths.get_full_path_or_raise("diffusion_models", checkpoint))
-        target = output_path(Path(folder_paths.get_output_directory()), filename, ".safetensors", overwrite)
+        output = Path(folder_paths.get_output_directory())
         bar = comfy.utils.ProgressBar(1)
-        result = bake(source, read_lora(lora_path(lora)), strength, target, lambda done, total: bar.update_absolute(done, total))
+        progress = lambda done, total: bar.update_absolute(done, total)  # noqa: E731
+        index = shard_index(source)
+        if index is None:
+            target = output_path(output, filename, ".safetensors", overwrite)
+            result = bake(source, read_lora(lora_path(lora)), strength, target, progress)
+        else:
+            target = output_path(output, filename.removesuffix(".safetensors"), "", overwrite=False)
+            result = bake_shards(index, read_lora(lora_path(lora)), strength, target, progress)
         text = f"wrote {target}\n{result.describe()}"
         return io.NodeOutput(text, ui=ui.PreviewText(text))
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from video_reward_lora.training.lora import adapters
 from video_reward_lora.training.lora.formats import Lora, LoraModule, write_lora
 from video_reward_lora.training.lora.keymap import COGVIDEOX, EASYANIMATE, WAN, MODULES, from_diffusers, to_diffusers
-from video_reward_lora.training.lora.merge import BakeError, bake
+from video_reward_lora.training.lora.merge import BakeError, bake, bake_shards, shard_index
 
 # float32 merges agree to rounding; bf16 weights hold ~3 significant digits, so one bf16 step of the largest entry
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2 ** -7}
@@ -204,3 +204,30 @@ def test_bake_diffusers_named_checkpoints(tmp_path, family):
         key = f"{to_diffusers(family, name)}.weight"
         expected = state[key].double() + 0.7 * 0.5 * (module.up.double() @ module.down.double())
         assert (baked[key].double() - expected).abs().max() <= TOLERANCE[torch.bfloat16] * expected.abs().max(), name
+
+
+def test_bake_sharded_checkpoint(tmp_path):
+    model = tiny_model(COGVIDEOX)
+    lora = lora_for(model, COGVIDEOX)
+    state = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    keys = sorted(state)
+    shards = {"m-00001-of-00002.safetensors": keys[: len(keys) // 2], "m-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
+    (tmp_path / "src").mkdir()
+    for shard, part in shards.items():
+        save_file({k: state[k] for k in part}, tmp_path / "src" / shard)
+    index = {"metadata": {}, "weight_map": {k: shard for shard, part in shards.items() for k in part}}
+    (tmp_path / "src" / "m.safetensors.index.json").write_text(json.dumps(index))
+    found = shard_index(tmp_path / "src" / "m-00002-of-00002.safetensors")
+    assert found == tmp_path / "src" / "m.safetensors.index.json"
+    report = bake_shards(found, lora, 0.7, tmp_path / "out" / "baked")
+    assert report.merged_modules == len(lora.modules)
+    assert sorted(p.name for p in (tmp_path / "out" / "baked").iterdir()) == ["m-00001-of-00002.safetensors", "m-00002-of-00002.safetensors", "m.safetensors.index.json"]
+    baked = {**load_file(tmp_path / "out" / "baked" / "m-00001-of-00002.safetensors"), **load_file(tmp_path / "out" / "baked" / "m-00002-of-00002.safetensors")}
+    for name, module in lora.modules.items():
+        key = f"{to_diffusers(COGVIDEOX, name)}.weight"
+        expected = state[key].double() + 0.35 * (module.up.double() @ module.down.double())
+        assert (baked[key].double() - expected).abs().max() <= TOLERANCE[torch.bfloat16] * expected.abs().max()
+    wan = Lora(WAN, {"blocks.0.self_attn.q": LoraModule(torch.ones(4, 12), torch.ones(16, 4), 2.0)})
+    with pytest.raises(BakeError, match="have no weight"):
+        bake_shards(found, wan, 1.0, tmp_path / "out" / "refused")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["baked"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from .formats import Lora, LoraModule
 from .keymap import to_diffusers
 
 FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+SHARD = re.compile(r"^(?P<stem>.+)-\d{5}-of-\d{5}\.safetensors$")
 CHECKPOINT_PREFIXES = ("", "diffusion_model.", "model.diffusion_model.")
 
 
@@ -79,6 +82,11 @@ class BakeReport:
     merged_modules: int = 0
     fp8_modules: int = 0
     worst_fp8_error: float = 0.0
+
+    def add(self, other: "BakeReport") -> None:
+        self.merged_modules += other.merged_modules
+        self.fp8_modules += other.fp8_modules
+        self.worst_fp8_error = max(self.worst_fp8_error, other.worst_fp8_error)
 
     def describe(self) -> str:
         text = f"merged {self.merged_modules} modules"
@@ -190,3 +198,43 @@ def _merge_one(
     report.fp8_modules += 1
     report.worst_fp8_error = max(report.worst_fp8_error, float((restored - exact).norm() / change))
     return quantised
+
+
+def shard_index(checkpoint: Path) -> Path | None:
+    """The `.index.json` of the sharded checkpoint `checkpoint` is one shard of (diffusers' naming), if any."""
+    match = SHARD.match(checkpoint.name)
+    if match is None:
+        return None
+    index = checkpoint.with_name(f"{match['stem']}.safetensors.index.json")
+    return index if index.is_file() else None
+
+
+def bake_shards(index: Path, lora: Lora, strength: float, folder: Path, progress: Callable[[int, int], None] | None = None) -> BakeReport:
+    """Bake every shard of a sharded checkpoint into `folder` (shards keep their names; the index is copied).
+
+    All shards are written to a temporary folder that is renamed to `folder` when complete."""
+    try:
+        weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+    except (OSError, json.JSONDecodeError, KeyError) as err:
+        raise BakeError(f"{index.name} is not a readable checkpoint index: {err}") from err
+    shards = sorted(set(weight_map.values()))
+    shapes = {}
+    for shard in shards:
+        header, _ = _header(index.parent / shard)
+        shapes.update({k: v["shape"] for k, v in header.items() if k != "__metadata__"})
+    targets = target_keys(lora, shapes)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    report = BakeReport()
+    try:
+        for done, shard in enumerate(shards):
+            part = {name: lora.modules[name] for key, name in targets.items() if weight_map[key] == shard}
+            report.add(bake(index.parent / shard, Lora(lora.family, part, lora.source_format), strength, staging / shard))
+            if progress is not None:
+                progress(done + 1, len(shards))
+        shutil.copyfile(index, staging / index.name)
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return report
