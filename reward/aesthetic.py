@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import RewardModel, model_output, set_hf_checkpointing
-from .files import RewardFileError, read_weights
+from .files import ModelFileError, read_weights
 from .hf_load import folder_config, load_strict
 from .preprocess import SIGLIP_MEAN, SIGLIP_STD, Preprocess
 
@@ -37,10 +37,10 @@ def head_state(loaded: Mapping[str, torch.Tensor], prefix: str, name: str) -> di
     picked = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not picked:
         found = ", ".join(sorted(state)[:3])
-        raise RewardFileError(f"{name} is not an aesthetic-predictor head: no '{prefix}*' keys (found {found})")
+        raise ModelFileError(f"{name} is not an aesthetic-predictor head: no '{prefix}*' keys (found {found})")
     rest = sorted(k for k in state if not k.startswith(prefix))
     if rest:
-        raise RewardFileError(f"{name} has keys an aesthetic head does not have: {rest[:5]}")
+        raise ModelFileError(f"{name} has keys an aesthetic head does not have: {rest[:5]}")
     return picked
 
 
@@ -68,13 +68,13 @@ class AestheticReward(RewardModel):
 
 def _load_head(path: Path, embed_dim: int, spec: tuple, prefix: str, dtype: torch.dtype, label: str) -> nn.Sequential:
     if path.is_dir():
-        raise RewardFileError(f"{path.name} is a folder; {label} needs the head file (.pth)")
+        raise ModelFileError(f"{path.name} is a folder; {label} needs the head file (.pth)")
     head = build_head(embed_dim, *spec)
     state = head_state(read_weights(path), prefix, path.name)
     try:
         head.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise RewardFileError(f"{path.name} does not fit the {label} head on a {embed_dim}-wide encoder: {err}") from err
+        raise ModelFileError(f"{path.name} does not fit the {label} head on a {embed_dim}-wide encoder: {err}") from err
     return head.to(dtype).eval()
 
 
@@ -83,7 +83,7 @@ def load_aesthetic_v2(head_file: Path, clip_folder: Path, dtype: torch.dtype, la
 
     config = folder_config(clip_folder, label)
     if config.get("model_type") != "clip":
-        raise RewardFileError(
+        raise ModelFileError(
             f"{clip_folder.name} holds a '{config.get('model_type')}' model; {label} needs clip-vit-large-patch14"
         )
     backbone = load_strict(
@@ -99,7 +99,7 @@ def load_aesthetic_v25(head_file: Path, siglip_folder: Path, dtype: torch.dtype,
 
     config = folder_config(siglip_folder, label)
     if config.get("model_type") not in ("siglip", "siglip_vision_model"):
-        raise RewardFileError(
+        raise ModelFileError(
             f"{siglip_folder.name} holds a '{config.get('model_type')}' model; {label} needs siglip-so400m-patch14-384"
         )
     backbone = load_strict(SiglipVisionModel, siglip_folder, dtype, label, ignore_unexpected=("text_", "logit_"))

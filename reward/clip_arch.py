@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .files import RewardFileError
+from .files import ModelFileError
 
 CONTEXT_LENGTH = 77
 # open_clip's ViT-H-14 (HPS, and the laion CLIP-H under PickScore and MPS) splits its towers into heads of these
@@ -22,18 +22,18 @@ def load_tokenizer(folder: Path) -> Any:
     from transformers import AutoTokenizer
 
     if not folder.is_dir():
-        raise RewardFileError(f"{folder} is not a folder; a CLIP tokenizer folder (vocab.json, merges.txt) is needed")
+        raise ModelFileError(f"{folder} is not a folder; a CLIP tokenizer folder (vocab.json, merges.txt) is needed")
     has_files = (folder / "tokenizer.json").is_file() or (
         (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
     )
     if not has_files:
-        raise RewardFileError(
+        raise ModelFileError(
             f"{folder.name} has no CLIP tokenizer files (tokenizer.json, or vocab.json and merges.txt)"
         )
     try:
         return AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as err:
-        raise RewardFileError(f"the CLIP tokenizer in {folder.name} could not be loaded: {err}") from err
+        raise ModelFileError(f"the CLIP tokenizer in {folder.name} could not be loaded: {err}") from err
 
 
 def tokenize(tokenizer: Any, prompt: str, device: torch.device) -> torch.Tensor:
@@ -58,7 +58,7 @@ def vit_h_config(state: Mapping[str, torch.Tensor], tokenizer: Any, prefix: str 
         try:
             return state[prefix + key].shape
         except KeyError:
-            raise RewardFileError(f"the CLIP weights have no '{prefix + key}'") from None
+            raise ModelFileError(f"the CLIP weights have no '{prefix + key}'") from None
 
     text_width = shape("text_model.embeddings.token_embedding.weight")[1]
     vision_width = shape("vision_model.embeddings.patch_embedding.weight")[0]

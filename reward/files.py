@@ -9,21 +9,21 @@ from typing import Any, Iterable, Mapping
 MODEL_EXTENSIONS = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".sft")
 
 
-class RewardFileError(Exception):
-    """A reward-model file is missing, outside the model folders, or of the wrong kind."""
+class ModelFileError(Exception):
+    """A model file is missing, outside the model folders, or of the wrong kind."""
 
 
 def resolve_inside(roots: Iterable[Path], name: str) -> Path | None:
     """The first existing `root/name` that stays inside its root; None when absent.
 
-    Raises RewardFileError when `name` tries to leave the folder (absolute path, `..`)."""
+    Raises ModelFileError when `name` tries to leave the folder (absolute path, `..`)."""
     if not name or os.path.isabs(name) or Path(name).drive:
-        raise RewardFileError(f"'{name}' must be a name relative to the reward_models folder")
+        raise ModelFileError(f"'{name}' must be a name relative to the reward_models folder")
     for root in roots:
         root = Path(root).resolve()
         candidate = (root / name).resolve()
         if candidate != root and root not in candidate.parents:
-            raise RewardFileError(f"'{name}' resolves outside the reward_models folder {root}")
+            raise ModelFileError(f"'{name}' resolves outside the reward_models folder {root}")
         if candidate.exists():
             return candidate
     return None
@@ -33,15 +33,15 @@ def output_path(folder: Path, name: str, suffix: str, overwrite: bool = False) -
     """`folder/name` (with `suffix` added when missing) for a new file, refusing names that leave the folder and,
     unless `overwrite`, names of existing files."""
     if not name.strip() or os.path.isabs(name) or Path(name).drive:
-        raise RewardFileError(f"'{name}' must be a file name relative to {folder}")
+        raise ModelFileError(f"'{name}' must be a file name relative to {folder}")
     if not name.endswith(suffix):
         name += suffix
     folder = folder.resolve()
     target = (folder / name).resolve()
     if folder not in target.parents:
-        raise RewardFileError(f"'{name}' resolves outside {folder}")
+        raise ModelFileError(f"'{name}' resolves outside {folder}")
     if target.exists() and not overwrite:
-        raise RewardFileError(f"{target} already exists; choose another name or allow overwriting")
+        raise ModelFileError(f"{target} already exists; choose another name or allow overwriting")
     return target
 
 
@@ -69,12 +69,12 @@ def read_torch_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise RewardFileError(
+        raise ModelFileError(
             f"{path.name} holds pickled Python objects, not plain weights; it was not loaded "
             f"(only weights-only files are read). Details: {str(err).splitlines()[0]}"
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
-        raise RewardFileError(f"{path.name} could not be read as a PyTorch file (truncated or corrupt?): {err}") from err
+        raise ModelFileError(f"{path.name} could not be read as a PyTorch file (truncated or corrupt?): {err}") from err
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -86,7 +86,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError) as err:
-        raise RewardFileError(f"{path.name} is not a readable safetensors file (truncated or corrupt?): {err}") from err
+        raise ModelFileError(f"{path.name} is not a readable safetensors file (truncated or corrupt?): {err}") from err
     return tensors, metadata
 
 
@@ -96,7 +96,7 @@ def read_weights(path: Path) -> dict[str, Any]:
         return read_safetensors(path)[0]
     loaded = read_torch_file(path)
     if not isinstance(loaded, Mapping):
-        raise RewardFileError(f"{path.name} does not hold a state dict (found {type(loaded).__name__})")
+        raise ModelFileError(f"{path.name} does not hold a state dict (found {type(loaded).__name__})")
     return dict(loaded)
 
 

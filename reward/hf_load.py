@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 import torch
 
-from .files import RewardFileError
+from .files import ModelFileError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -15,16 +15,16 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 def folder_config(folder: Path, what: str) -> dict[str, Any]:
     """The config.json of a model folder, checked to exist, with an error that says what the folder should hold."""
     if not folder.is_dir():
-        raise RewardFileError(f"{what}: {folder} is not a folder (expected a Hugging Face model folder)")
+        raise ModelFileError(f"{what}: {folder} is not a folder (expected a Hugging Face model folder)")
     config_file = folder / "config.json"
     if not config_file.is_file():
-        raise RewardFileError(f"{what}: {folder.name} has no config.json (expected a Hugging Face model folder)")
+        raise ModelFileError(f"{what}: {folder.name} has no config.json (expected a Hugging Face model folder)")
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
-        raise RewardFileError(f"{what}: {folder.name} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
+        raise ModelFileError(f"{what}: {folder.name} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
     try:
         return json.loads(config_file.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise RewardFileError(f"{what}: {config_file} is not valid JSON: {err}") from err
+        raise ModelFileError(f"{what}: {config_file} is not valid JSON: {err}") from err
 
 
 def load_strict(
@@ -53,7 +53,7 @@ def load_strict(
             output_loading_info=True,
         )
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
-        raise RewardFileError(f"{what}: the weights could not be loaded: {err}") from err
+        raise ModelFileError(f"{what}: the weights could not be loaded: {err}") from err
     finally:
         hf_logging.set_verbosity(verbosity)
     prefixes = tuple(ignore_unexpected)
@@ -68,7 +68,7 @@ def load_strict(
     if unexpected:
         problems.append(f"unexpected {_few(unexpected)}")
     if problems:
-        raise RewardFileError(f"{what}: the weights do not fit the model: {'; '.join(problems)}")
+        raise ModelFileError(f"{what}: the weights do not fit the model: {'; '.join(problems)}")
     return model.eval()
 
 

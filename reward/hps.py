@@ -8,7 +8,7 @@ import torch
 
 from .clip_arch import layer_count, load_tokenizer, vit_h_config
 from .clip_similarity import ClipSimilarityReward
-from .files import RewardFileError, read_weights
+from .files import ModelFileError, read_weights
 from .hf_load import load_strict
 from .preprocess import Preprocess
 
@@ -38,7 +38,7 @@ def unwrap_state_dict(loaded: Mapping[str, Any], name: str) -> dict[str, torch.T
     """The open_clip state dict inside an HPS checkpoint (`{'state_dict': ...}`, optional `module.` prefix)."""
     state = loaded.get("state_dict", loaded)
     if not isinstance(state, Mapping):
-        raise RewardFileError(f"{name}: 'state_dict' is not a mapping of tensors")
+        raise ModelFileError(f"{name}: 'state_dict' is not a mapping of tensors")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if "visual.conv1.weight" not in state or "token_embedding.weight" not in state:
         if any(k.startswith(("text_model.", "vision_model.", "model.text_model.")) for k in state):
@@ -47,7 +47,7 @@ def unwrap_state_dict(loaded: Mapping[str, Any], name: str) -> dict[str, torch.T
             kind = "an aesthetic-predictor head"
         else:
             kind = "not an open_clip CLIP checkpoint"
-        raise RewardFileError(f"{name} is {kind}; HPS needs the open_clip ViT-H-14 checkpoint HPS_v2(.1)_compressed.pt")
+        raise ModelFileError(f"{name} is {kind}; HPS needs the open_clip ViT-H-14 checkpoint HPS_v2(.1)_compressed.pt")
     return state
 
 
@@ -60,7 +60,7 @@ def open_clip_to_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
         try:
             return state.pop(key)
         except KeyError:
-            raise RewardFileError(f"the HPS checkpoint is missing the open_clip key '{key}'") from None
+            raise ModelFileError(f"the HPS checkpoint is missing the open_clip key '{key}'") from None
 
     for src, dst in (("visual.transformer.resblocks.", "vision_model.encoder.layers."), ("transformer.resblocks.", "text_model.encoder.layers.")):
         for i in range(layer_count(state, src)):
@@ -75,13 +75,13 @@ def open_clip_to_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     for old, new in _TRANSPOSED.items():
         out[new] = take(old).t().contiguous()
     if state:
-        raise RewardFileError(f"the HPS checkpoint has keys an open_clip ViT does not have: {sorted(state)[:5]}")
+        raise ModelFileError(f"the HPS checkpoint has keys an open_clip ViT does not have: {sorted(state)[:5]}")
     return out
 
 
 def load_hps(checkpoint: Path, tokenizer_folder: Path, dtype: torch.dtype, label: str) -> ClipSimilarityReward:
     if checkpoint.is_dir():
-        raise RewardFileError(
+        raise ModelFileError(
             f"{checkpoint.name} is a folder; {label} needs the open_clip checkpoint file "
             "(HPS_v2_compressed.pt or HPS_v2.1_compressed.pt)"
         )

@@ -14,7 +14,7 @@ from torch import nn
 
 from .base import RewardModel, model_output, set_hf_checkpointing
 from .clip_arch import layer_count, load_tokenizer, tokenize, vit_h_config
-from .files import RewardFileError, read_weights
+from .files import ModelFileError, read_weights
 from .hf_load import load_strict
 from .preprocess import Preprocess
 
@@ -200,10 +200,10 @@ def split_state(state: dict[str, torch.Tensor], name: str) -> tuple[dict[str, to
     clip = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.") and not k.endswith("position_ids")}
     cross = {k[len("cross_model.") :]: v for k, v in state.items() if k.startswith("cross_model.")}
     if not clip or not cross:
-        raise RewardFileError(f"{name} is not an MPS checkpoint: it needs 'model.*' (CLIP) and 'cross_model.*' weights")
+        raise ModelFileError(f"{name} is not an MPS checkpoint: it needs 'model.*' (CLIP) and 'cross_model.*' weights")
     rest = sorted(k for k in state if not k.startswith(("model.", "cross_model.")))
     if rest:
-        raise RewardFileError(f"{name} has keys an MPS model does not have: {rest[:5]}")
+        raise ModelFileError(f"{name} has keys an MPS model does not have: {rest[:5]}")
     return clip, cross
 
 
@@ -218,7 +218,7 @@ def load_mps(checkpoint: Path, tokenizer_folder: Path, dtype: torch.dtype, label
     from .mps_convert import convert_mps_checkpoint, is_pickled_module
 
     if checkpoint.is_dir():
-        raise RewardFileError(f"{checkpoint.name} is a folder; {label} needs MPS_overall_checkpoint.pth")
+        raise ModelFileError(f"{checkpoint.name} is a folder; {label} needs MPS_overall_checkpoint.pth")
     if checkpoint.suffix.lower() != ".safetensors" and is_pickled_module(checkpoint):
         target = converted_path(checkpoint)
         if not target.exists():
@@ -231,5 +231,5 @@ def load_mps(checkpoint: Path, tokenizer_folder: Path, dtype: torch.dtype, label
     try:
         cross_model.load_state_dict(cross_state, strict=True)
     except RuntimeError as err:
-        raise RewardFileError(f"{checkpoint.name}: the cross-model weights do not fit: {err}") from err
+        raise ModelFileError(f"{checkpoint.name}: the cross-model weights do not fit: {err}") from err
     return MPSReward(clip, cross_model.to(dtype), tokenizer, label)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .files import RewardFileError, write_safetensors_atomic
+from .files import ModelFileError, write_safetensors_atomic
 
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
@@ -80,7 +80,7 @@ def pickle_globals(path: Path) -> set[str]:
             pkl = next(n for n in archive.namelist() if n.endswith("data.pkl"))
             data = archive.read(pkl)
     except (zipfile.BadZipFile, StopIteration, OSError) as err:
-        raise RewardFileError(f"{path.name} is not a PyTorch zip checkpoint (truncated or corrupt?): {err}") from err
+        raise ModelFileError(f"{path.name} is not a PyTorch zip checkpoint (truncated or corrupt?): {err}") from err
     names: set[str] = set()
     strings: list[str] = []
     try:
@@ -92,7 +92,7 @@ def pickle_globals(path: Path) -> set[str]:
             elif isinstance(arg, str):
                 strings.append(arg)
     except ValueError as err:
-        raise RewardFileError(f"{path.name} has a damaged pickle: {err}") from err
+        raise ModelFileError(f"{path.name} has a damaged pickle: {err}") from err
     return names
 
 
@@ -119,7 +119,7 @@ def _module_weights(node: Any, prefix: str, out: dict[str, torch.Tensor]) -> Non
 def module_weights(root: Any, name: str) -> dict[str, torch.Tensor]:
     """The state dict of a stubbed module tree: parameters and persistent buffers, by dotted path."""
     if not isinstance(root, Stub) or "_modules" not in root.fields:
-        raise RewardFileError(f"{name} does not hold a pickled torch module (found {type(root).__name__})")
+        raise ModelFileError(f"{name} does not hold a pickled torch module (found {type(root).__name__})")
     out: dict[str, torch.Tensor] = {}
     _module_weights(root, "", out)
     seen: set[int] = set()
@@ -138,7 +138,7 @@ def convert_mps_checkpoint(source: Path, target: Path) -> Path:
     try:
         root = torch.load(source, map_location="cpu", pickle_module=_restricted_pickle, weights_only=False)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
-        raise RewardFileError(f"{source.name} could not be read as a pickled checkpoint (truncated or corrupt?): {err}") from err
+        raise ModelFileError(f"{source.name} could not be read as a pickled checkpoint (truncated or corrupt?): {err}") from err
     weights = module_weights(root, source.name)
     split_state(weights, source.name)
     write_safetensors_atomic(weights, target, {"format": "mps", "converted_from": source.name})

@@ -7,7 +7,7 @@ import torch
 
 from .clip_arch import load_tokenizer
 from .clip_similarity import ClipSimilarityReward
-from .files import RewardFileError
+from .files import ModelFileError
 from .hf_load import folder_config, load_strict
 from .preprocess import Preprocess
 
@@ -16,10 +16,10 @@ def load_pickscore(folder: Path, tokenizer_folder: Path, dtype: torch.dtype, lab
     from transformers import CLIPModel
 
     if folder.is_file():
-        raise RewardFileError(f"{folder.name} is a file; {label} needs the PickScore_v1 model folder")
+        raise ModelFileError(f"{folder.name} is a file; {label} needs the PickScore_v1 model folder")
     config = folder_config(folder, label)
     if config.get("model_type") != "clip":
-        raise RewardFileError(
+        raise ModelFileError(
             f"{folder.name} holds a '{config.get('model_type')}' model; {label} needs the CLIP folder PickScore_v1"
         )
     clip = load_strict(CLIPModel, folder, dtype, label)

@@ -8,7 +8,7 @@ from typing import Iterable
 
 import torch
 
-from .files import RewardFileError, resolve_inside
+from .files import ModelFileError, resolve_inside
 
 CLIP_H_TOKENIZER = "CLIP-ViT-H-14-laion2B-s32B-b79K"
 CLIP_H_TOKENIZER_SOURCE = (
@@ -93,7 +93,7 @@ def locate(roots: Iterable[Path], name: str, what: str, official: str, source: s
     if found is None:
         where = ", ".join(str(r) for r in roots) or "(no reward_models folder is configured)"
         hint = f" The official one is '{official}', from {source}." if name != official else f" Get it from {source}."
-        raise RewardFileError(f"{what}: '{name}' was not found in models/reward_models (looked in: {where}).{hint}")
+        raise ModelFileError(f"{what}: '{name}' was not found in models/reward_models (looked in: {where}).{hint}")
     return found
 
 

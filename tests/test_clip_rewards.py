@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from video_reward_lora.reward.files import RewardFileError
+from video_reward_lora.reward.files import ModelFileError
 from video_reward_lora.reward.registry import load_reward
 
 
@@ -46,33 +46,33 @@ def test_aesthetic_is_linear_head_on_normalised_embedding(reward_root, video, ke
 
 
 def test_aesthetic_head_of_the_other_version_is_refused(reward_root):
-    with pytest.raises(RewardFileError, match="no 'scoring_head.\\*' keys"):
+    with pytest.raises(ModelFileError, match="no 'scoring_head.\\*' keys"):
         load_reward("aesthetic_v2.5", [reward_root], checkpoint="sac+logos+ava1-l14-linearMSE.pth")
-    with pytest.raises(RewardFileError, match="needs clip-vit-large-patch14"):
+    with pytest.raises(ModelFileError, match="needs clip-vit-large-patch14"):
         load_reward("aesthetic_v2", [reward_root], encoder="siglip-so400m-patch14-384")
 
 
 def test_pickscore_folder_problems(reward_root, tmp_path):
-    with pytest.raises(RewardFileError, match="is a file; PickScore needs the PickScore_v1 model folder"):
+    with pytest.raises(ModelFileError, match="is a file; PickScore needs the PickScore_v1 model folder"):
         load_reward("pickscore", [reward_root], checkpoint="HPS_v2.1_compressed.pt")
-    with pytest.raises(RewardFileError, match="'siglip' model"):
+    with pytest.raises(ModelFileError, match="'siglip' model"):
         load_reward("pickscore", [reward_root], checkpoint="siglip-so400m-patch14-384")
     broken = tmp_path / "PickScore_v1"
     shutil.copytree(reward_root / "PickScore_v1", broken)
     (broken / "model.safetensors").unlink()
-    with pytest.raises(RewardFileError, match="has no weights"):
+    with pytest.raises(ModelFileError, match="has no weights"):
         load_reward("pickscore", [tmp_path, reward_root])
     shutil.copy(reward_root / "PickScore_v1" / "model.safetensors", broken)
     data = (broken / "model.safetensors").read_bytes()
     (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(RewardFileError, match="could not be loaded"):
+    with pytest.raises(ModelFileError, match="could not be loaded"):
         load_reward("pickscore", [tmp_path, reward_root])
 
 
 def test_missing_tokenizer_folder(reward_root, tmp_path):
     shutil.copy(reward_root / "HPS_v2.1_compressed.pt", tmp_path)
     (tmp_path / "CLIP-ViT-H-14-laion2B-s32B-b79K").mkdir()
-    with pytest.raises(RewardFileError, match="has no CLIP tokenizer files"):
+    with pytest.raises(ModelFileError, match="has no CLIP tokenizer files"):
         load_reward("hps_v2.1", [tmp_path])
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from video_reward_lora.reward.composite import CompositeReward, RewardTerm, reward_loss, select_frames
-from video_reward_lora.reward.files import RewardFileError, list_entries, resolve_inside, write_safetensors_atomic
+from video_reward_lora.reward.files import ModelFileError, list_entries, resolve_inside, write_safetensors_atomic
 from video_reward_lora.reward.plot import line_chart
 from video_reward_lora.reward.scoring import rank_videos, score_video, split_videos
 
@@ -86,7 +86,7 @@ def test_files(tmp_path):
     assert list_entries([tmp_path, tmp_path / "missing"]) == ["a.pt", "Folder"]
     assert resolve_inside([tmp_path], "a.pt") == tmp_path / "a.pt"
     assert resolve_inside([tmp_path], "absent.pt") is None
-    with pytest.raises(RewardFileError):
+    with pytest.raises(ModelFileError):
         resolve_inside([tmp_path], "Folder/../../x")
 
 

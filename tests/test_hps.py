@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import pytest
 
 from video_reward_lora.reward.clip_arch import load_tokenizer, tokenize
-from video_reward_lora.reward.files import RewardFileError
+from video_reward_lora.reward.files import ModelFileError
 from video_reward_lora.reward.hps import unwrap_state_dict
 from video_reward_lora.reward.registry import load_reward
 
@@ -98,28 +98,28 @@ def test_micro_batches_and_checkpointing_do_not_change_scores_or_gradients(rewar
 
 
 def test_missing_file_names_file_folder_and_source(tmp_path):
-    with pytest.raises(RewardFileError) as err:
+    with pytest.raises(ModelFileError) as err:
         load_reward("hps_v2.1", [tmp_path])
     message = str(err.value)
     assert "HPS_v2.1_compressed.pt" in message and str(tmp_path) in message and "huggingface.co/xswu/HPSv2" in message
 
 
 def test_wrong_kinds_of_file_say_so(reward_root):
-    with pytest.raises(RewardFileError, match="is a folder"):
+    with pytest.raises(ModelFileError, match="is a folder"):
         load_reward("hps_v2.1", [reward_root], checkpoint="PickScore_v1")
-    with pytest.raises(RewardFileError, match="aesthetic-predictor head"):
+    with pytest.raises(ModelFileError, match="aesthetic-predictor head"):
         load_reward("hps_v2.1", [reward_root], checkpoint="aesthetic_predictor_v2_5.pth")
 
 
 def test_truncated_checkpoint(reward_root, tmp_path):
     data = (reward_root / "HPS_v2.1_compressed.pt").read_bytes()
     (tmp_path / "HPS_v2.1_compressed.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(RewardFileError, match="truncated or corrupt"):
+    with pytest.raises(ModelFileError, match="truncated or corrupt"):
         load_reward("hps_v2.1", [tmp_path, reward_root])
 
 
 def test_paths_outside_the_folder_are_refused(reward_root):
-    with pytest.raises(RewardFileError, match="outside the reward_models folder"):
+    with pytest.raises(ModelFileError, match="outside the reward_models folder"):
         load_reward("hps_v2.1", [reward_root], checkpoint="../../etc/passwd")
-    with pytest.raises(RewardFileError, match="relative to the reward_models folder"):
+    with pytest.raises(ModelFileError, match="relative to the reward_models folder"):
         load_reward("hps_v2.1", [reward_root], checkpoint="/etc/passwd")

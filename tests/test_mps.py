@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from video_reward_lora.reward.files import RewardFileError
+from video_reward_lora.reward.files import ModelFileError
 from video_reward_lora.reward.mps import CrossModel, split_state
 from video_reward_lora.reward.mps_convert import _restricted_pickle, convert_mps_checkpoint, is_pickled_module, module_weights
 from video_reward_lora.reward.registry import load_reward
@@ -39,7 +39,7 @@ def test_converter_never_runs_pickled_code(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"x": Evil()}, path)
-    with pytest.raises(RewardFileError, match="does not hold a pickled torch module"):
+    with pytest.raises(ModelFileError, match="does not hold a pickled torch module"):
         convert_mps_checkpoint(path, tmp_path / "evil.safetensors")
     assert not marker.exists()
     assert not (tmp_path / "evil.safetensors").exists()
@@ -49,7 +49,7 @@ def test_converter_rejects_truncated_file(reward_root, tmp_path):
     data = (reward_root / "MPS_overall_checkpoint.pth").read_bytes()
     broken = tmp_path / "MPS_overall_checkpoint.pth"
     broken.write_bytes(data[: len(data) // 3])
-    with pytest.raises(RewardFileError, match="truncated or corrupt"):
+    with pytest.raises(ModelFileError, match="truncated or corrupt"):
         convert_mps_checkpoint(broken, tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
 
@@ -143,5 +143,5 @@ def test_module_weights_skips_non_persistent_buffers(reward_root):
 
 
 def test_hps_loader_refuses_the_pickled_module(reward_root):
-    with pytest.raises(RewardFileError, match="pickled Python objects"):
+    with pytest.raises(ModelFileError, match="pickled Python objects"):
         load_reward("hps_v2.1", [reward_root], checkpoint="MPS_overall_checkpoint.pth")

@@ -1,0 +1,98 @@
+"""The interface every video model family offers to the sampler, the trainer and the nodes."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class FamilyFileError(ValueError):
+    """Model files that are missing, of another family, or do not fit the model."""
+
+
+@dataclass
+class TextEmbeddings:
+    """Encoded prompts: named tensors with the batch first (embeddings, and masks where a family uses them)."""
+
+    tensors: dict[str, torch.Tensor]
+
+    def cat(self, other: "TextEmbeddings") -> "TextEmbeddings":
+        return TextEmbeddings({k: torch.cat([v, other.tensors[k]]) for k, v in self.tensors.items()})
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> "TextEmbeddings":
+        return TextEmbeddings({k: v.to(device, dtype if v.is_floating_point() else v.dtype) for k, v in self.tensors.items()})
+
+
+class VideoFamily(ABC):
+    """A loaded model of one family: transformer(s), VAE, text encoder(s), scheduler configuration."""
+
+    name: str
+    fps: float
+    spatial_scale: int = 8
+    temporal_scale: int = 4
+
+    def __init__(self, transformer: nn.Module, vae: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+        self.transformer = transformer
+        self.vae = vae
+        self.dtype = dtype
+        self.device = device
+        self._text_cache: dict[str, TextEmbeddings] = {}
+
+    @abstractmethod
+    def new_scheduler(self) -> Any:
+        """A fresh scheduler (they keep per-run state)."""
+
+    @abstractmethod
+    def _encode(self, prompts: list[str]) -> TextEmbeddings:
+        """Embeddings of `prompts`, computed by the text encoder(s)."""
+
+    @abstractmethod
+    def conditioning(self, latents: torch.Tensor, start_image: torch.Tensor | None) -> torch.Tensor:
+        """The inpaint channels: everything masked for text-to-video, the start image kept for image-to-video."""
+
+    @abstractmethod
+    def predict(self, latents: torch.Tensor, t: torch.Tensor, text: TextEmbeddings, condition: torch.Tensor) -> torch.Tensor:
+        """The transformer's output at timestep `t`."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor, first_n: int | None = None) -> torch.Tensor:
+        """Frames `[B,F,3,H,W]` in 0..1 from the first `first_n` latent frames (all when None)."""
+
+    @abstractmethod
+    def latent_shape(self, batch: int, frames: int, height: int, width: int) -> tuple[int, ...]:
+        """The shape of the initial noise."""
+
+    def release_text_encoders(self) -> None:
+        """Free the text encoder(s); cached prompts stay encodable."""
+        self.text_encoders = {}
+
+    def encode(self, prompts: list[str]) -> TextEmbeddings:
+        """Embeddings of `prompts`, each computed once and cached (so the text encoder can be released)."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing:
+            if not self.text_encoders:
+                raise RuntimeError(f"the text encoder was released and {len(missing)} prompts are not cached")
+            with torch.no_grad():
+                encoded = self._encode(missing)
+            for i, prompt in enumerate(missing):
+                self._text_cache[prompt] = TextEmbeddings({k: v[i : i + 1].cpu() for k, v in encoded.tensors.items()})
+        rows = [self._text_cache[p] for p in prompts]
+        joined = rows[0]
+        for row in rows[1:]:
+            joined = joined.cat(row)
+        return joined.to(self.device, self.dtype)
+
+    def check_size(self, frames: int, height: int, width: int) -> None:
+        multiple = self.spatial_scale * 2
+        if height % multiple or width % multiple:
+            raise ValueError(f"{self.name}: width and height must be multiples of {multiple}, got {width}x{height}")
+        if (frames - 1) % self.temporal_scale:
+            raise ValueError(f"{self.name}: frames must be {self.temporal_scale}k+1 (e.g. 49), got {frames}")
+
+    def init_latents(self, batch: int, frames: int, height: int, width: int, generator: torch.Generator | None) -> torch.Tensor:
+        shape = self.latent_shape(batch, frames, height, width)
+        noise = torch.randn(shape, generator=generator, device=generator.device if generator else "cpu", dtype=torch.float32)
+        return noise.to(self.device, self.dtype)
