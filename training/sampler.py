@@ -39,7 +39,7 @@ def sample(
         text = family.encode([negative_prompt] * len(prompts)).cat(text)
     latents = family.init_latents(len(prompts), frames, height, width, generator) * scheduler.init_noise_sigma
     with torch.no_grad():
-        condition = family.conditioning(latents, start_image)
+        condition = family.conditioning(latents, start_image, generator)
     for index, t in enumerate(scheduler.timesteps):
         with torch.enable_grad() if index in grad_steps else torch.no_grad():
             model_input = torch.cat([latents] * 2) if guided else latents

@@ -9,10 +9,6 @@ import torch
 from torch import nn
 
 
-class FamilyFileError(ValueError):
-    """Model files that are missing, of another family, or do not fit the model."""
-
-
 @dataclass
 class TextEmbeddings:
     """Encoded prompts: named tensors with the batch first (embeddings, and masks where a family uses them)."""
@@ -34,6 +30,8 @@ class VideoFamily(ABC):
     spatial_scale: int = 8
     temporal_scale: int = 4
 
+    text_encoders: dict[str, nn.Module]
+
     def __init__(self, transformer: nn.Module, vae: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
         self.transformer = transformer
         self.vae = vae
@@ -50,8 +48,9 @@ class VideoFamily(ABC):
         """Embeddings of `prompts`, computed by the text encoder(s)."""
 
     @abstractmethod
-    def conditioning(self, latents: torch.Tensor, start_image: torch.Tensor | None) -> torch.Tensor:
-        """The inpaint channels: everything masked for text-to-video, the start image kept for image-to-video."""
+    def conditioning(self, latents: torch.Tensor, start_image: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The inpaint channels: everything generated for text-to-video, the start image `[B,3,H,W]` in 0..1 kept
+        for image-to-video."""
 
     @abstractmethod
     def predict(self, latents: torch.Tensor, t: torch.Tensor, text: TextEmbeddings, condition: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Video model families behind one interface (see base.VideoFamily)."""
