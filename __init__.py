@@ -5,12 +5,12 @@ node list; heavy libraries (transformers, diffusers) are imported only when a no
 ComfyUI (by test runners or tools), it registers nothing.
 """
 try:
-    from .nodes.folders import register_reward_models_folder
+    from .nodes.folders import register_model_folders
 except ModuleNotFoundError as missing:
     if missing.name != "folder_paths":
         raise
 else:
-    register_reward_models_folder()
+    register_model_folders()
 
 
 async def comfy_entrypoint():

@@ -1,4 +1,4 @@
-"""The pack's model folder, registered with ComfyUI's folder_paths."""
+"""The pack's model folders, registered with ComfyUI's folder_paths."""
 from __future__ import annotations
 
 import os
@@ -7,19 +7,30 @@ from pathlib import Path
 import folder_paths
 
 REWARD_MODELS = "reward_models"
+# Folder names the VideoX-Fun / EasyAnimate ComfyUI nodes use, so existing downloads are found where they are.
+VIDEO_MODEL_FOLDERS = {"CogVideoX-Fun": "CogVideoX_Fun", "EasyAnimate": "EasyAnimate"}
 
 
-def register_reward_models_folder() -> None:
-    """Add `models/reward_models`, keeping any paths an extra_model_paths.yaml declared first."""
-    default = os.path.join(folder_paths.models_dir, REWARD_MODELS)
-    if REWARD_MODELS in folder_paths.folder_names_and_paths:
-        folder_paths.add_model_folder_path(REWARD_MODELS, default)
+def _register(name: str) -> None:
+    """Add `models/<name>`, keeping any paths an extra_model_paths.yaml declared first."""
+    default = os.path.join(folder_paths.models_dir, name)
+    if name in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(name, default)
     else:
-        folder_paths.folder_names_and_paths[REWARD_MODELS] = ([default], set(folder_paths.supported_pt_extensions))
+        folder_paths.folder_names_and_paths[name] = ([default], set(folder_paths.supported_pt_extensions))
+
+
+def register_model_folders() -> None:
+    for name in (REWARD_MODELS, *VIDEO_MODEL_FOLDERS.values()):
+        _register(name)
+
+
+def roots(name: str) -> list[Path]:
+    return [Path(p) for p in folder_paths.get_folder_paths(name)]
 
 
 def reward_model_roots() -> list[Path]:
-    return [Path(p) for p in folder_paths.get_folder_paths(REWARD_MODELS)]
+    return roots(REWARD_MODELS)
 
 
 def lora_path(name: str) -> Path:

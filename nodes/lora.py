@@ -8,10 +8,11 @@ from pathlib import Path
 from comfy_api.latest import io, ui
 
 from ..training.lora.formats import FORMATS, Lora, lora_state_dict, read_lora, write_lora
-from ..training.lora.keymap import WAN
+from ..training.lora.keymap import FAMILY_LABELS, WAN, fits, to_diffusers
 from ..training.lora.merge import bake, bake_shards, shard_index
 from ..reward.files import output_path
 from .folders import lora_path
+from .types import LoadedVideoModel, VideoModelType
 
 CATEGORY = "video reward/lora"
 NONE = "none"
@@ -216,4 +217,36 @@ class ConvertRewardLora(io.ComfyNode):
         return io.NodeOutput(text, ui=ui.PreviewText(text))
 
 
-NODES: list[type[io.ComfyNode]] = [WanRewardLoraPair, RewardLoraLoader, BakeRewardLora, ConvertRewardLora]
+class VideoModelRewardLora(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="VideoModelRewardLora",
+            display_name="Reward LoRA for Video Model",
+            category=CATEGORY,
+            description="Adds a reward LoRA at a strength to a pack-loaded CogVideoX-Fun model. It is attached while that "
+            "model samples and removed after, so the loaded weights never change and other branches see the base model.",
+            inputs=[
+                VideoModelType.Input("model", tooltip="From Load CogVideoX-Fun (or another Reward LoRA for Video Model)."),
+                _lora_input("lora", "The reward LoRA, e.g. CogVideoX-Fun-V1.1-5b-InP-HPS2.1.safetensors."),
+                _strength_input("strength", "LoRA strength (the seeds' demos use 0.7)."),
+            ],
+            outputs=[VideoModelType.Output(display_name="model"), io.String.Output(display_name="report")],
+        )
+
+    @classmethod
+    def execute(cls, model: LoadedVideoModel, lora: str, strength: float) -> io.NodeOutput:
+        loaded = read_lora(lora_path(lora))
+        family = model.family.lora_family
+        if not fits(family, loaded.modules):
+            raise ValueError(f"{lora} is a {loaded.label} reward LoRA; the model is {FAMILY_LABELS[family]}")
+        modules = dict(model.family.transformer.named_modules())
+        for name, module in loaded.modules.items():
+            layer = modules.get(to_diffusers(family, name))
+            if layer is None or (layer.out_features, layer.in_features) != (module.up.shape[0], module.down.shape[1]):
+                raise ValueError(f"{lora} does not fit this model at {name} (a LoRA for another model size?)")
+        report = f"{lora}: {loaded.summary()}; {len(loaded.modules)}/{len(loaded.modules)} modules matched, strength {strength:g}"
+        return io.NodeOutput(model.with_lora(loaded, strength, lora), report, ui=ui.PreviewText(report))
+
+
+NODES: list[type[io.ComfyNode]] = [WanRewardLoraPair, RewardLoraLoader, VideoModelRewardLora, BakeRewardLora, ConvertRewardLora]

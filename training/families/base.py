@@ -26,6 +26,7 @@ class VideoFamily(ABC):
     """A loaded model of one family: transformer(s), VAE, text encoder(s), scheduler configuration."""
 
     name: str
+    lora_family: str  # the key-map family of its LoRAs (training.lora.keymap)
     fps: float
     spatial_scale: int = 8
     temporal_scale: int = 4

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ...reward.files import ModelFileError
 from ...reward.hf_load import load_strict
+from ..lora.keymap import COGVIDEOX
 from .base import TextEmbeddings, VideoFamily
 from .loading import load_diffusers, read_config, subfolder
 
@@ -24,6 +25,7 @@ IMAGE_NOISE = 0.0563  # noise VideoX-Fun adds to the kept start image when the t
 
 class CogVideoXFun(VideoFamily):
     name = "CogVideoX-Fun"
+    lora_family = COGVIDEOX
     fps = 8.0
 
     def __init__(self, transformer, vae, text_encoder, tokenizer, scheduler_config: dict, add_image_noise: bool,

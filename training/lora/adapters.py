@@ -9,6 +9,8 @@ weights are restored bit for bit however often strengths or LoRAs are switched.
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -108,3 +110,17 @@ def unmerge(model: nn.Module, adapter: str, backups: dict[str, torch.Tensor]) ->
             layer.unmerge()
         with torch.no_grad():
             layer.get_base_layer().weight.copy_(weight)
+
+
+@contextmanager
+def attached(model: nn.Module, family: str, loras: Sequence[tuple[Lora, float]]) -> Iterator[int]:
+    """Attach several LoRAs at their strengths for the duration of a block, then remove them (weights untouched)."""
+    names = [f"reward_{i}" for i in range(len(loras))]
+    matched = 0
+    try:
+        for name, (lora, strength) in zip(names, loras):
+            matched += attach(model, lora, family, name, strength)
+        yield matched
+    finally:
+        for name in names:
+            detach(model, name)

@@ -1,0 +1,119 @@
+"""Nodes that load CogVideoX-Fun models and sample videos with them (the pack's own, diffusers-based, path)."""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..reward.files import list_entries, resolve_inside
+from ..training.lora.adapters import attached
+from ..training.sampler import sample
+from .folders import VIDEO_MODEL_FOLDERS, roots
+from .types import Component, LoadedVideoModel, VideoModelType
+
+CATEGORY = "video reward/sampling"
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+NEGATIVE = (
+    "The video is not of a high quality, it has a low resolution. Watermark present in each frame. The background "
+    "is solid. Strange body and strange trajectory. Distortion."
+)
+
+
+def _folders(family: str) -> list[str]:
+    folders = roots(VIDEO_MODEL_FOLDERS[family])
+    return [name for name in list_entries(folders) if any((root / name).is_dir() for root in folders)]
+
+
+def load_video_model(family_cls, name: str, precision: str) -> LoadedVideoModel:
+    """Load a family's folder from its ComfyUI model folder, on the offload device, behind ComfyUI model patchers."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    folder = resolve_inside(roots(VIDEO_MODEL_FOLDERS[family_cls.name]), name)
+    if folder is None:
+        raise FileNotFoundError(f"{name} is not in models/{VIDEO_MODEL_FOLDERS[family_cls.name]}")
+    load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
+    dtype = PRECISIONS[precision] if precision != "auto" else (torch.float32 if mm.is_device_cpu(load_device) else torch.bfloat16)
+    family = family_cls.load(folder, dtype=dtype, device=offload_device)
+    family.device = load_device
+    patchers = {
+        role: comfy.model_patcher.ModelPatcher(Component(module), load_device=load_device, offload_device=offload_device)
+        for role, module in (("transformer", family.transformer), ("vae", family.vae), ("text_encoder", family.text_encoders["t5"]))
+    }
+    return LoadedVideoModel(family, patchers)
+
+
+class CogVideoXFunLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CogVideoXFunLoader",
+            display_name="Load CogVideoX-Fun",
+            category=CATEGORY,
+            description="Loads a CogVideoX-Fun V1.1 InP model folder (transformer, vae, text_encoder, tokenizer, scheduler) "
+            "from models/CogVideoX_Fun.",
+            inputs=[
+                io.Combo.Input("model", options=_folders("CogVideoX-Fun"),
+                               tooltip="The model folder, e.g. CogVideoX-Fun-V1.1-5b-InP, in models/CogVideoX_Fun."),
+                io.Combo.Input("precision", options=["auto", *PRECISIONS], default="auto",
+                               tooltip="Weight precision. auto: bf16 on a GPU, fp32 on the CPU."),
+            ],
+            outputs=[VideoModelType.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model: str, precision: str) -> io.NodeOutput:
+        from ..training.families.cogvideox import CogVideoXFun
+
+        return io.NodeOutput(load_video_model(CogVideoXFun, model, precision))
+
+
+class VideoModelSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="VideoRewardSampler",
+            display_name="Sample Video (CogVideoX-Fun)",
+            category=CATEGORY,
+            description="Text- or image-to-video with a pack-loaded model and its reward LoRAs; outputs the frames and frame rate.",
+            inputs=[
+                VideoModelType.Input("model", tooltip="From Load CogVideoX-Fun (optionally through Reward LoRA for Video Model)."),
+                io.String.Input("prompt", multiline=True, default="", tooltip="What the video shows."),
+                io.String.Input("negative_prompt", multiline=True, default=NEGATIVE, tooltip="What to steer away from (used when cfg > 1)."),
+                io.Int.Input("width", default=672, min=16, max=2048, step=16, tooltip="Width in pixels (a multiple of 16)."),
+                io.Int.Input("height", default=384, min=16, max=2048, step=16, tooltip="Height in pixels (a multiple of 16)."),
+                io.Int.Input("frames", default=49, min=1, max=1025, step=4, tooltip="Number of frames, 4k+1 (49 for CogVideoX-Fun)."),
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Denoising steps."),
+                io.Float.Input("cfg", default=6.0, min=1.0, max=30.0, step=0.1, tooltip="Classifier-free guidance scale (1 = off)."),
+                io.Int.Input("seed", default=43, min=0, max=2**63 - 1, control_after_generate=True, tooltip="Noise seed."),
+                io.Image.Input("start_image", optional=True, tooltip="Image-to-video: the first frame (resized to width x height)."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="frames", tooltip="The video's frames."),
+                io.Float.Output(display_name="fps", tooltip="The frame rate the model was trained for."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model: LoadedVideoModel, prompt: str, negative_prompt: str, width: int, height: int, frames: int,
+                steps: int, cfg: float, seed: int, start_image: torch.Tensor | None = None) -> io.NodeOutput:
+        import comfy.utils
+
+        family = model.family
+        family.check_size(frames, height, width)
+        image = None
+        if start_image is not None:
+            image = start_image[:1].permute(0, 3, 1, 2)[:, :3]
+            image = comfy.utils.common_upscale(image, width, height, "bicubic", "center").clamp(0, 1)
+        model.load("text_encoder")
+        family.encode([prompt, negative_prompt])
+        model.load("transformer", "vae")
+        bar = comfy.utils.ProgressBar(steps)
+        generator = torch.Generator().manual_seed(seed)
+        with attached(family.transformer, family.lora_family, [(lora, strength) for lora, strength, _ in model.loras]):
+            latents = sample(family, [prompt], negative_prompt, frames, height, width, steps, cfg, generator, image,
+                             callback=lambda done, total: bar.update_absolute(done, total))
+        video = family.decode(latents)[0]
+        return io.NodeOutput(video.permute(0, 2, 3, 1).float().cpu(), family.fps)
+
+
+NODES: list[type[io.ComfyNode]] = [CogVideoXFunLoader, VideoModelSampler]
