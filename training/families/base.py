@@ -96,3 +96,10 @@ class VideoFamily(ABC):
         shape = self.latent_shape(batch, frames, height, width)
         noise = torch.randn(shape, generator=generator, device=generator.device if generator else "cpu", dtype=torch.float32)
         return noise.to(self.device, self.dtype)
+
+
+def check_start_image(image: torch.Tensor, height: int, width: int) -> None:
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"the start image must be [B,3,H,W], got {tuple(image.shape)}")
+    if image.shape[-2:] != (height, width):
+        raise ValueError(f"the start image is {image.shape[-1]}x{image.shape[-2]}; the video is {width}x{height}")

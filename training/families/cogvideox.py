@@ -10,17 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ...reward.files import ModelFileError
 from ...reward.hf_load import load_strict
 from ..lora.keymap import COGVIDEOX
-from .base import TextEmbeddings, VideoFamily
+from .base import TextEmbeddings, VideoFamily, check_start_image
+from .inpaint import start_image_latents
 from .loading import load_diffusers, read_config, subfolder
 
 TEXT_LENGTH = 226
 LATENT_CHANNELS = 16
-IMAGE_NOISE = 0.0563  # noise VideoX-Fun adds to the kept start image when the transformer config asks for it
 
 
 class CogVideoXFun(VideoFamily):
@@ -90,24 +89,9 @@ class CogVideoXFun(VideoFamily):
         batch, frames, _, height, width = latents.shape
         if start_image is None:
             return latents.new_zeros(batch, frames, LATENT_CHANNELS + 1, height, width)
-        pixel_frames = (frames - 1) * self.temporal_scale + 1
-        image = start_image.to(self.device, torch.float32) * 2 - 1
-        if image.shape[-2:] != (height * self.spatial_scale, width * self.spatial_scale):
-            raise ValueError(f"the start image is {image.shape[-1]}x{image.shape[-2]}; the video is "
-                             f"{width * self.spatial_scale}x{height * self.spatial_scale}")
-        if self.add_image_noise:
-            noise = torch.randn(image.shape, generator=generator, device=generator.device if generator else "cpu")
-            image = image + noise.to(image.device) * IMAGE_NOISE
-        video = torch.full((batch, 3, pixel_frames, *image.shape[-2:]), -1.0, device=self.device)
-        video[:, :, 0] = image
-        scale = self.vae.config.scaling_factor
-        encoded = self.vae.encode(video.to(self.dtype)).latent_dist.mode() * scale
-        keep = torch.zeros(batch, 1, pixel_frames, *image.shape[-2:], device=self.device)
-        keep[:, :, 0] = 1.0
-        first = F.interpolate(keep[:, :, :1], size=(1, height, width), mode="trilinear", align_corners=False)
-        rest = F.interpolate(keep[:, :, 1:], size=(frames - 1, height, width), mode="trilinear", align_corners=False)
-        mask = torch.cat([first, rest], dim=2) * scale
-        return torch.cat([mask.to(self.dtype), encoded], dim=1).permute(0, 2, 1, 3, 4)
+        check_start_image(start_image, height * self.spatial_scale, width * self.spatial_scale)
+        condition = start_image_latents(self.vae, start_image, frames, self.temporal_scale, self.add_image_noise, generator, self.dtype)
+        return condition.permute(0, 2, 1, 3, 4).to(self.device)
 
     def _rotary(self, frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         if not self.transformer.config.use_rotary_positional_embeddings:

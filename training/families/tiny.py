@@ -61,3 +61,52 @@ def write_cogvideox_fun(folder: Path, rotary: bool = False, seed: int = 0) -> Pa
     scheduler_config.update({"_class_name": "CogVideoXDDIMScheduler", "snr_shift_scale": 3.0})
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2))
     return folder
+
+
+def write_bert_tokenizer(folder: Path) -> int:
+    """A small WordPiece (Bert) tokenizer folder; returns its vocabulary size."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *T5_WORDS, *"abcdefghijklmnopqrstuvwxyz"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77, "do_lower_case": True, "tokenizer_class": "BertTokenizer"}))
+    return len(vocab)
+
+
+def write_easyanimate(folder: Path, seed: int = 0) -> Path:
+    """An EasyAnimate V5 zh-InP folder: transformer under the original weight names (text stream in attn2), with
+    the upstream-only config keys the published config.json carries."""
+    from diffusers import AutoencoderKLMagvit, DDIMScheduler, EasyAnimateTransformer3DModel
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertModel, T5Config, T5EncoderModel
+
+    from .easyanimate import RENAMES
+
+    bert_vocab = write_bert_tokenizer(folder / "tokenizer")
+    t5_vocab = write_t5_tokenizer(folder / "tokenizer_2", max_length=256)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        transformer = EasyAnimateTransformer3DModel(
+            num_attention_heads=2, attention_head_dim=16, in_channels=33, out_channels=16, patch_size=2, num_layers=2,
+            mmdit_layers=2, text_embed_dim=24, text_embed_dim_t5=32, time_embed_dim=16, time_position_encoding_type="3d_rope",
+            after_norm=False, resize_inpaint_mask_directly=True, enable_text_attention_mask=False, add_noise_in_inpaint_model=True,
+        )
+        vae = AutoencoderKLMagvit(block_out_channels=(16, 16, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=16)
+        bert = BertModel(BertConfig(vocab_size=bert_vocab, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=48, max_position_embeddings=80))
+        t5 = T5EncoderModel(T5Config(vocab_size=t5_vocab, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+                                     pad_token_id=0, eos_token_id=1))
+    state = {}
+    for key, value in transformer.state_dict().items():
+        for original, diffusers_name in RENAMES.items():
+            key = key.replace(diffusers_name, original)
+        state[key] = value.contiguous()
+    (folder / "transformer").mkdir(parents=True, exist_ok=True)
+    save_file(state, folder / "transformer" / "diffusion_pytorch_model.safetensors")
+    config = {"_class_name": "EasyAnimateTransformer3DModel", **{k: v for k, v in transformer.config.items() if not k.startswith("_")},
+              "clip_channels": None, "ref_channels": None, "enable_clip_in_inpaint": False}
+    (folder / "transformer" / "config.json").write_text(json.dumps(config, indent=2))
+    vae.save_pretrained(folder / "vae")
+    bert.save_pretrained(folder / "text_encoder")
+    t5.save_pretrained(folder / "text_encoder_2")
+    DDIMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", clip_sample=False, steps_offset=1).save_config(folder / "scheduler")
+    return folder

@@ -1,0 +1,162 @@
+"""CogVideoX-Fun and EasyAnimate: loading from the published folder layouts, the sampler, gradients through chosen
+steps, image-to-video conditioning and errors."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from video_reward_lora.reward.files import ModelFileError
+from video_reward_lora.training.families.cogvideox import CogVideoXFun
+from video_reward_lora.training.families.easyanimate import EasyAnimate
+from video_reward_lora.training.families.tiny import write_cogvideox_fun, write_easyanimate
+from video_reward_lora.training.lora import adapters
+from video_reward_lora.training.lora.formats import Lora, LoraModule
+from video_reward_lora.training.lora.keymap import from_diffusers
+from video_reward_lora.training.sampler import sample
+
+SIZE = dict(frames=9, height=32, width=32)
+
+
+WRITERS = {
+    "cog-2b-sincos": (CogVideoXFun, lambda p: write_cogvideox_fun(p / "CogVideoX-Fun-V1.1-2b-InP")),
+    "cog-5b-rope": (CogVideoXFun, lambda p: write_cogvideox_fun(p / "CogVideoX-Fun-V1.1-5b-InP", rotary=True)),
+    "easyanimate": (EasyAnimate, lambda p: write_easyanimate(p / "EasyAnimateV5-7b-zh-InP")),
+}
+EA_RENAMES = {".attn2.to_q.": ".attn1.add_q_proj.", ".attn2.to_k.": ".attn1.add_k_proj.", ".attn2.to_v.": ".attn1.add_v_proj.",
+              ".attn2.to_out.0.": ".attn1.to_add_out.", ".attn2.norm_q.": ".attn1.norm_added_q.", ".attn2.norm_k.": ".attn1.norm_added_k."}
+
+
+@pytest.fixture(scope="module", params=list(WRITERS))
+def model(request, tmp_path_factory):
+    family_cls, write = WRITERS[request.param]
+    return family_cls, write(tmp_path_factory.mktemp(request.param))
+
+
+def _reference_transformer(family_cls, folder: Path):
+    """The transformer built directly from its config.json and the weight file (renamed by hand for EasyAnimate)."""
+    import inspect
+
+    from diffusers import CogVideoXTransformer3DModel, EasyAnimateTransformer3DModel
+    from safetensors.torch import load_file
+
+    cls = CogVideoXTransformer3DModel if family_cls is CogVideoXFun else EasyAnimateTransformer3DModel
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    reference = cls(**{k: v for k, v in config.items() if k in inspect.signature(cls.__init__).parameters})
+    state = load_file(folder / "transformer" / "diffusion_pytorch_model.safetensors")
+    if family_cls is EasyAnimate:
+        assert any(".attn2.to_q." in k for k in state)  # the file holds the original names
+        for old, new in EA_RENAMES.items():
+            state = {k.replace(old, new): v for k, v in state.items()}
+    result = reference.load_state_dict(state, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    return reference.eval()
+
+
+def test_loading_matches_the_reference_modules(model):
+    family_cls, folder = model
+    family = family_cls.load(folder, dtype=torch.float32)
+    reference = _reference_transformer(family_cls, folder)
+    reference_state = reference.state_dict()
+    assert family.transformer.state_dict().keys() == reference_state.keys()
+    assert all(torch.equal(v, reference_state[k]) for k, v in family.transformer.state_dict().items())
+    latents = family.init_latents(1, 9, 32, 32, torch.Generator().manual_seed(0))
+    text = family.encode(["a red ball"])
+    condition = family.conditioning(latents, None)
+    t = torch.tensor([400.0])
+    with torch.no_grad():
+        ours = family.predict(latents, t, text, condition)
+        family.transformer = reference
+        expected = family.predict(latents, t, text, condition)
+    assert torch.allclose(ours, expected, atol=1e-6)  # same weights; attention kernels may round differently
+    assert family.add_image_noise is True
+
+
+def test_seeded_sampling_is_deterministic(model):
+    family = model[0].load(model[1], dtype=torch.float32)
+    runs = [sample(family, ["a red ball", "a blue sky"], steps=3, generator=torch.Generator().manual_seed(1), **SIZE) for _ in range(2)]
+    assert runs[0].shape == family.latent_shape(2, 9, 32, 32) and torch.equal(runs[0], runs[1])
+    other = sample(family, ["a red ball", "a blue sky"], steps=3, generator=torch.Generator().manual_seed(2), **SIZE)
+    assert not torch.equal(runs[0], other)
+    frames = family.decode(runs[0], first_n=1)
+    assert frames.shape == (2, 1, 3, 32, 32) and 0 <= frames.min() and frames.max() <= 1
+
+
+def test_text_encoder_can_be_released_after_caching(model):
+    family = model[0].load(model[1], dtype=torch.float32)
+    first = family.encode(["a red ball"]).tensors["embeds"]
+    family.release_text_encoders()
+    assert torch.equal(family.encode(["a red ball"]).tensors["embeds"], first)
+    with pytest.raises(RuntimeError, match="text encoder was released"):
+        family.encode(["a cat"])
+
+
+def test_gradients_reach_the_lora_only_through_chosen_steps(model):
+    family = model[0].load(model[1], dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    modules = {}
+    for name, layer in family.transformer.named_modules():
+        if isinstance(layer, torch.nn.Linear) and from_diffusers(family.lora_family, name):
+            modules[from_diffusers(family.lora_family, name)] = LoraModule(
+                torch.randn(2, layer.in_features, generator=generator) * 0.1, torch.randn(layer.out_features, 2, generator=generator) * 0.1, 2.0)
+    adapters.attach(family.transformer, Lora(family.lora_family, modules), family.lora_family)
+    lora_params = [p for n, p in family.transformer.named_parameters() if "lora_" in n
+                   and not (family.name == "EasyAnimate" and ".1." in n and ("to_add_out" in n or "txt_ff" in n))]
+    for p in lora_params:
+        p.requires_grad_(True)
+    grad_modes = []
+    hook = family.transformer.register_forward_hook(lambda *_: grad_modes.append(torch.is_grad_enabled()))
+    latents = sample(family, ["a red ball"], steps=4, guidance=6.0, generator=torch.Generator().manual_seed(0), grad_steps={3}, **SIZE)
+    assert grad_modes == [False, False, False, True]
+    family.decode(latents, first_n=1).mean().backward()
+    assert all(p.grad is not None for p in lora_params) and sum(p.grad.abs().sum() for p in lora_params) > 0
+    grad_modes.clear()
+    none = sample(family, ["a red ball"], steps=4, guidance=6.0, generator=torch.Generator().manual_seed(0), **SIZE)
+    hook.remove()
+    assert grad_modes == [False] * 4 and not none.requires_grad
+    assert torch.allclose(none, latents.detach(), atol=1e-6)
+
+
+def test_image_to_video_keeps_the_first_frame(model):
+    family = model[0].load(model[1], dtype=torch.float32)
+    family.add_image_noise = False
+    latents = torch.zeros(family.latent_shape(1, 9, 32, 32))
+    condition = family.conditioning(latents, torch.rand(1, 3, 32, 32))
+    if isinstance(family, CogVideoXFun):  # [B, F, C, h, w]; EasyAnimate is [B, C, F, h, w]
+        condition = condition.permute(0, 2, 1, 3, 4)
+    scale = family.vae.config.scaling_factor
+    assert condition.shape == (1, 17, 3, 4, 4)
+    assert torch.allclose(condition[:, 0, 0], torch.full((1, 4, 4), scale)) and condition[:, 0, 1:].abs().max() == 0
+    assert family.conditioning(latents, None).abs().max() == 0
+    with pytest.raises(ValueError, match="start image is 16x16"):
+        family.conditioning(latents, torch.rand(1, 3, 16, 16))
+
+
+def test_bad_folders(model, tmp_path):
+    family_cls, model = model
+    with pytest.raises(ModelFileError, match="is not a folder"):
+        family_cls.load(model / "transformer" / "config.json")
+    partial = tmp_path / "partial"
+    shutil.copytree(model, partial)
+    shutil.rmtree(partial / "vae")
+    with pytest.raises(ModelFileError, match="has no 'vae' subfolder"):
+        family_cls.load(partial)
+    wrong = tmp_path / "wrong"
+    shutil.copytree(model, wrong)
+    config = json.loads((wrong / "transformer" / "config.json").read_text())
+    (wrong / "transformer" / "config.json").write_text(json.dumps({**config, "_class_name": "WanTransformer3DModel"}))
+    with pytest.raises(ModelFileError, match=f"holds a WanTransformer3DModel model, not {family_cls.name}"):
+        family_cls.load(wrong)
+    (wrong / "transformer" / "config.json").write_text(json.dumps({**config, "in_channels": 16}))
+    with pytest.raises(ModelFileError, match="InP models have 33"):
+        family_cls.load(wrong)
+    (wrong / "transformer" / "config.json").write_text(json.dumps(config))
+    weights = wrong / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:500])
+    with pytest.raises(ModelFileError, match="truncated or corrupt"):
+        family_cls.load(wrong)
+    with pytest.raises(ValueError, match="frames must be 4k\\+1"):
+        sample(family_cls.load(model), ["x"], frames=8, height=32, width=32, steps=1)
