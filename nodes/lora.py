@@ -224,10 +224,10 @@ class VideoModelRewardLora(io.ComfyNode):
             node_id="VideoModelRewardLora",
             display_name="Reward LoRA for Video Model",
             category=CATEGORY,
-            description="Adds a reward LoRA at a strength to a pack-loaded CogVideoX-Fun model. It is attached while that "
+            description="Adds a reward LoRA at a strength to a pack-loaded CogVideoX-Fun or EasyAnimate model. It is attached while that "
             "model samples and removed after, so the loaded weights never change and other branches see the base model.",
             inputs=[
-                VideoModelType.Input("model", tooltip="From Load CogVideoX-Fun (or another Reward LoRA for Video Model)."),
+                VideoModelType.Input("model", tooltip="From Load CogVideoX-Fun / Load EasyAnimate (or another Reward LoRA for Video Model)."),
                 _lora_input("lora", "The reward LoRA, e.g. CogVideoX-Fun-V1.1-5b-InP-HPS2.1.safetensors."),
                 _strength_input("strength", "LoRA strength (the seeds' demos use 0.7)."),
             ],

@@ -35,30 +35,36 @@ def load_video_model(family_cls, name: str, precision: str) -> LoadedVideoModel:
     dtype = PRECISIONS[precision] if precision != "auto" else (torch.float32 if mm.is_device_cpu(load_device) else torch.bfloat16)
     family = family_cls.load(folder, dtype=dtype, device=offload_device)
     family.device = load_device
+    components = {"transformer": family.transformer, "vae": family.vae,
+                  **{f"text_encoder:{key}": encoder for key, encoder in family.text_encoders.items()}}
     patchers = {
         role: comfy.model_patcher.ModelPatcher(Component(module), load_device=load_device, offload_device=offload_device)
-        for role, module in (("transformer", family.transformer), ("vae", family.vae), ("text_encoder", family.text_encoders["t5"]))
+        for role, module in components.items()
     }
     return LoadedVideoModel(family, patchers)
+
+
+def _loader_schema(node_id: str, family: str, example: str) -> io.Schema:
+    folder = VIDEO_MODEL_FOLDERS[family]
+    return io.Schema(
+        node_id=node_id,
+        display_name=f"Load {family}",
+        category=CATEGORY,
+        description=f"Loads a {family} InP model folder (as published, with its transformer, vae, text encoder, tokenizer "
+        f"and scheduler subfolders) from models/{folder}.",
+        inputs=[
+            io.Combo.Input("model", options=_folders(family), tooltip=f"The model folder, e.g. {example}, in models/{folder}."),
+            io.Combo.Input("precision", options=["auto", *PRECISIONS], default="auto",
+                           tooltip="Weight precision. auto: bf16 on a GPU, fp32 on the CPU."),
+        ],
+        outputs=[VideoModelType.Output(display_name="model")],
+    )
 
 
 class CogVideoXFunLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="CogVideoXFunLoader",
-            display_name="Load CogVideoX-Fun",
-            category=CATEGORY,
-            description="Loads a CogVideoX-Fun V1.1 InP model folder (transformer, vae, text_encoder, tokenizer, scheduler) "
-            "from models/CogVideoX_Fun.",
-            inputs=[
-                io.Combo.Input("model", options=_folders("CogVideoX-Fun"),
-                               tooltip="The model folder, e.g. CogVideoX-Fun-V1.1-5b-InP, in models/CogVideoX_Fun."),
-                io.Combo.Input("precision", options=["auto", *PRECISIONS], default="auto",
-                               tooltip="Weight precision. auto: bf16 on a GPU, fp32 on the CPU."),
-            ],
-            outputs=[VideoModelType.Output(display_name="model")],
-        )
+        return _loader_schema("CogVideoXFunLoader", "CogVideoX-Fun", "CogVideoX-Fun-V1.1-5b-InP")
 
     @classmethod
     def execute(cls, model: str, precision: str) -> io.NodeOutput:
@@ -67,21 +73,33 @@ class CogVideoXFunLoader(io.ComfyNode):
         return io.NodeOutput(load_video_model(CogVideoXFun, model, precision))
 
 
+class EasyAnimateLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return _loader_schema("EasyAnimateLoader", "EasyAnimate", "EasyAnimateV5-12b-zh-InP")
+
+    @classmethod
+    def execute(cls, model: str, precision: str) -> io.NodeOutput:
+        from ..training.families.easyanimate import EasyAnimate
+
+        return io.NodeOutput(load_video_model(EasyAnimate, model, precision))
+
+
 class VideoModelSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="VideoRewardSampler",
-            display_name="Sample Video (CogVideoX-Fun)",
+            display_name="Sample Video (CogVideoX-Fun / EasyAnimate)",
             category=CATEGORY,
             description="Text- or image-to-video with a pack-loaded model and its reward LoRAs; outputs the frames and frame rate.",
             inputs=[
-                VideoModelType.Input("model", tooltip="From Load CogVideoX-Fun (optionally through Reward LoRA for Video Model)."),
+                VideoModelType.Input("model", tooltip="From Load CogVideoX-Fun or Load EasyAnimate (optionally through Reward LoRA for Video Model)."),
                 io.String.Input("prompt", multiline=True, default="", tooltip="What the video shows."),
                 io.String.Input("negative_prompt", multiline=True, default=NEGATIVE, tooltip="What to steer away from (used when cfg > 1)."),
                 io.Int.Input("width", default=672, min=16, max=2048, step=16, tooltip="Width in pixels (a multiple of 16)."),
                 io.Int.Input("height", default=384, min=16, max=2048, step=16, tooltip="Height in pixels (a multiple of 16)."),
-                io.Int.Input("frames", default=49, min=1, max=1025, step=4, tooltip="Number of frames, 4k+1 (49 for CogVideoX-Fun)."),
+                io.Int.Input("frames", default=49, min=1, max=1025, step=4, tooltip="Number of frames, 4k+1 (both families were trained on 49)."),
                 io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Denoising steps."),
                 io.Float.Input("cfg", default=6.0, min=1.0, max=30.0, step=0.1, tooltip="Classifier-free guidance scale (1 = off)."),
                 io.Int.Input("seed", default=43, min=0, max=2**63 - 1, control_after_generate=True, tooltip="Noise seed."),
@@ -104,7 +122,7 @@ class VideoModelSampler(io.ComfyNode):
         if start_image is not None:
             image = start_image[:1].permute(0, 3, 1, 2)[:, :3]
             image = comfy.utils.common_upscale(image, width, height, "bicubic", "center").clamp(0, 1)
-        model.load("text_encoder")
+        model.load(*[role for role in model.patchers if role.startswith("text_encoder")])
         family.encode([prompt, negative_prompt])
         model.load("transformer", "vae")
         bar = comfy.utils.ProgressBar(steps)
@@ -116,4 +134,4 @@ class VideoModelSampler(io.ComfyNode):
         return io.NodeOutput(video.permute(0, 2, 3, 1).float().cpu(), family.fps)
 
 
-NODES: list[type[io.ComfyNode]] = [CogVideoXFunLoader, VideoModelSampler]
+NODES: list[type[io.ComfyNode]] = [CogVideoXFunLoader, EasyAnimateLoader, VideoModelSampler]

@@ -23,9 +23,11 @@ pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set")
 PACK_ROOT = Path(__file__).resolve().parents[1]
 NODES = {"VideoRewardModelLoader", "VideoRewardCombine", "VideoRewardScore", "VideoRewardRank",
          "WanRewardLoraPair", "RewardLoraLoader", "BakeRewardLora", "ConvertRewardLora",
-         "VideoModelRewardLora", "CogVideoXFunLoader", "VideoRewardSampler"}
-COG = "CogVideoX-Fun-V1.1-2b-InP"
-COG_LORA = "CogVideoX-Fun-V1.1-2b-InP-HPS2.1.safetensors"
+         "VideoModelRewardLora", "CogVideoXFunLoader", "EasyAnimateLoader", "VideoRewardSampler"}
+VIDEO_MODELS = {  # loader node: (model folder, reward LoRA)
+    "CogVideoXFunLoader": ("CogVideoX-Fun-V1.1-2b-InP", "CogVideoX-Fun-V1.1-2b-InP-HPS2.1.safetensors"),
+    "EasyAnimateLoader": ("EasyAnimateV5-7b-zh-InP", "EasyAnimateV5-7b-zh-InP-HPS2.1.safetensors"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +45,22 @@ def lora_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_lora(Lora("wan", {n: LoraModule(torch.randn(4, 12), torch.randn(16, 4), 2.0) for n in names}),
                root / "loras" / "Wan2.2-Fun-A14B-InP-high-noise-HPS2.1.safetensors", "videox")
     from video_reward_lora.training.families.cogvideox import CogVideoXFun
-    from video_reward_lora.training.families.tiny import write_cogvideox_fun
-    from video_reward_lora.training.lora.keymap import COGVIDEOX, from_diffusers
+    from video_reward_lora.training.families.easyanimate import EasyAnimate
+    from video_reward_lora.training.families.tiny import write_cogvideox_fun, write_easyanimate
+    from video_reward_lora.training.lora.keymap import from_diffusers
 
-    cog = write_cogvideox_fun(root / "CogVideoX_Fun" / COG)
+    written = {
+        "CogVideoXFunLoader": (CogVideoXFun, write_cogvideox_fun(root / "CogVideoX_Fun" / VIDEO_MODELS["CogVideoXFunLoader"][0])),
+        "EasyAnimateLoader": (EasyAnimate, write_easyanimate(root / "EasyAnimate" / VIDEO_MODELS["EasyAnimateLoader"][0])),
+    }
     generator = torch.Generator().manual_seed(0)
-    modules = {from_diffusers(COGVIDEOX, n): LoraModule(torch.randn(4, m.in_features, generator=generator),
-                                                         torch.randn(m.out_features, 4, generator=generator) * 0.2, 2.0)
-               for n, m in CogVideoXFun.load(cog).transformer.named_modules()
-               if isinstance(m, torch.nn.Linear) and from_diffusers(COGVIDEOX, n)}
-    write_lora(Lora(COGVIDEOX, modules), root / "loras" / COG_LORA, "videox")
+    for loader, (family_cls, folder) in written.items():
+        family = family_cls.load(folder)
+        modules = {from_diffusers(family.lora_family, n): LoraModule(torch.randn(4, m.in_features, generator=generator),
+                                                                     torch.randn(m.out_features, 4, generator=generator) * 0.2, 2.0)
+                   for n, m in family.transformer.named_modules()
+                   if isinstance(m, torch.nn.Linear) and from_diffusers(family.lora_family, n)}
+        write_lora(Lora(family.lora_family, modules), root / "loras" / VIDEO_MODELS[loader][1], "videox")
     return root
 
 
@@ -83,7 +91,7 @@ def server(reward_root: Path, lora_models: Path, tmp_path_factory: pytest.TempPa
     config.write_text(
         f"tests:\n  custom_nodes: {packs}\n  reward_models: {reward_root}\n"
         f"  loras: {lora_models / 'loras'}\n  diffusion_models: {lora_models / 'diffusion_models'}\n"
-        f"  CogVideoX_Fun: {lora_models / 'CogVideoX_Fun'}\n"
+        f"  CogVideoX_Fun: {lora_models / 'CogVideoX_Fun'}\n  EasyAnimate: {lora_models / 'EasyAnimate'}\n"
     )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -229,15 +237,17 @@ def test_wan_pair_node_matches_comfyui_lora_loader(tmp_path):
     assert "is a CogVideoX-Fun reward LoRA" in result["cog_error"]
 
 
-def test_cogvideox_fun_loader_lora_sampler_score_save(server):
+@pytest.mark.parametrize("loader", list(VIDEO_MODELS))
+def test_loader_lora_sampler_score_save(server, loader):
+    folder, lora = VIDEO_MODELS[loader]
     def sampler(model_link):
         return {"class_type": "VideoRewardSampler", "inputs": {
             "model": model_link, "prompt": "a red ball rolling across a field", "negative_prompt": "", "width": 32,
             "height": 32, "frames": 9, "steps": 3, "cfg": 6.0, "seed": 43}}
 
     graph = {
-        "1": {"class_type": "CogVideoXFunLoader", "inputs": {"model": COG, "precision": "auto"}},
-        "2": {"class_type": "VideoModelRewardLora", "inputs": {"model": ["1", 0], "lora": COG_LORA, "strength": 0.7}},
+        "1": {"class_type": loader, "inputs": {"model": folder, "precision": "auto"}},
+        "2": {"class_type": "VideoModelRewardLora", "inputs": {"model": ["1", 0], "lora": lora, "strength": 0.7}},
         "3": sampler(["2", 0]),
         "4": sampler(["1", 0]),
         "5": _loader("HPS v2.1"),
@@ -246,14 +256,14 @@ def test_cogvideox_fun_loader_lora_sampler_score_save(server):
         "7": {"class_type": "VideoRewardScore", "inputs": {"images": ["4", 0], "reward_model": ["5", 0], "prompt": "a red ball",
                                                              "frames": "all", "frame_count": 1, "seed": 0}},
         "8": {"class_type": "CreateVideo", "inputs": {"images": ["3", 0], "fps": ["3", 1]}},
-        "9": {"class_type": "SaveVideo", "inputs": {"video": ["8", 0], "filename_prefix": "video/cog_reward", "format": "mp4", "codec": "h264"}},
+        "9": {"class_type": "SaveVideo", "inputs": {"video": ["8", 0], "filename_prefix": f"video/{loader}", "format": "mp4", "codec": "h264"}},
     }
     entry = _run(server, graph, timeout=300)
     assert entry["status"]["status_str"] == "success", entry["status"]
     with_lora, base = entry["outputs"]["6"]["text"][0], entry["outputs"]["7"]["text"][0]
     assert len(re.findall(r"frame \d+:", with_lora)) == 9 and with_lora != base
-    videos = list((server["dirs"]["output"] / "video").glob("cog_reward*.mp4"))
+    videos = list((server["dirs"]["output"] / "video").glob(f"{loader}*.mp4"))
     assert len(videos) == 1 and videos[0].stat().st_size > 0
     wan_lora = _run(server, {**graph, "2": {**graph["2"], "inputs": {**graph["2"]["inputs"], "lora": "Wan2.2-Fun-A14B-InP-high-noise-HPS2.1.safetensors"}}})
     error = next(m[1] for m in wan_lora["status"]["messages"] if m[0] == "execution_error")
-    assert "is a Wan2.1/2.2 reward LoRA; the model is CogVideoX-Fun" in error["exception_message"]
+    assert "is a Wan2.1/2.2 reward LoRA; the model is" in error["exception_message"]
