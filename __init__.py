@@ -1,9 +1,8 @@
 """Video Reward LoRA: preference rewards and reward LoRAs for video diffusion models, as ComfyUI nodes.
 
 ComfyUI imports this file from custom_nodes/. It registers the model folders (reward_models, CogVideoX_Fun,
-EasyAnimate) and hands ComfyUI the
-node list; heavy libraries (transformers, diffusers) are imported only when a node runs. Imported outside
-ComfyUI (by test runners or tools), it registers nothing.
+EasyAnimate) and hands ComfyUI the node list; heavy libraries (transformers, diffusers) are imported only when a
+node runs. Imported outside ComfyUI (by test runners or tools), it registers nothing.
 """
 try:
     from .nodes.folders import register_model_folders
