@@ -8,7 +8,8 @@ from pathlib import Path
 from comfy_api.latest import io, ui
 
 from ..training.lora.formats import FORMATS, Lora, lora_state_dict, read_lora, write_lora
-from ..training.lora.keymap import FAMILY_LABELS, WAN, fits, to_diffusers
+from ..training.lora.adapters import check_modules
+from ..training.lora.keymap import FAMILY_LABELS, WAN, fits
 from ..training.lora.merge import bake, bake_shards, shard_index
 from ..reward.files import output_path
 from .folders import lora_path
@@ -240,11 +241,10 @@ class VideoModelRewardLora(io.ComfyNode):
         family = model.family.lora_family
         if not fits(family, loaded.modules):
             raise ValueError(f"{lora} is a {loaded.label} reward LoRA; the model is {FAMILY_LABELS[family]}")
-        modules = dict(model.family.transformer.named_modules())
-        for name, module in loaded.modules.items():
-            layer = modules.get(to_diffusers(family, name))
-            if layer is None or (layer.out_features, layer.in_features) != (module.up.shape[0], module.down.shape[1]):
-                raise ValueError(f"{lora} does not fit this model at {name} (a LoRA for another model size?)")
+        try:
+            check_modules(model.family.transformer, loaded, family)
+        except ValueError as err:
+            raise ValueError(f"{lora}: {err}") from err
         report = f"{lora}: {loaded.summary()}; {len(loaded.modules)}/{len(loaded.modules)} modules matched, strength {strength:g}"
         return io.NodeOutput(model.with_lora(loaded, strength, lora), report, ui=ui.PreviewText(report))
 

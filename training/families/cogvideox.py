@@ -16,7 +16,7 @@ from ...reward.hf_load import load_strict
 from ..lora.keymap import COGVIDEOX
 from .base import TextEmbeddings, VideoFamily, check_start_image
 from .inpaint import start_image_latents
-from .loading import load_diffusers, read_config, subfolder
+from .loading import load_diffusers, load_tokenizer, read_config, scheduler_config, subfolder
 
 TEXT_LENGTH = 226
 LATENT_CHANNELS = 16
@@ -38,8 +38,8 @@ class CogVideoXFun(VideoFamily):
 
     @classmethod
     def load(cls, folder: Path, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu") -> "CogVideoXFun":
-        from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel, DDIMScheduler
-        from transformers import AutoTokenizer, T5EncoderModel
+        from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+        from transformers import T5EncoderModel
 
         transformer_dir = subfolder(folder, "transformer", "the CogVideoX-Fun transformer", cls.name)
         config = read_config(transformer_dir)
@@ -55,17 +55,9 @@ class CogVideoXFun(VideoFamily):
         vae = load_diffusers(AutoencoderKLCogVideoX, subfolder(folder, "vae", "the VAE", cls.name), dtype, f"{cls.name} VAE")
         text_encoder = load_strict(T5EncoderModel, subfolder(folder, "text_encoder", "the T5 text encoder", cls.name),
                                    dtype, f"{cls.name} text encoder")
-        tokenizer_dir = subfolder(folder, "tokenizer", "the T5 tokenizer", cls.name)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-        except (OSError, ValueError) as err:
-            raise ModelFileError(f"{cls.name}: the tokenizer in {tokenizer_dir} could not be loaded: {err}") from err
-        scheduler_dir = subfolder(folder, "scheduler", "the scheduler configuration", cls.name)
-        try:
-            scheduler_config = dict(DDIMScheduler.load_config(str(scheduler_dir)))
-        except (OSError, ValueError) as err:
-            raise ModelFileError(f"{cls.name}: {scheduler_dir} has no readable scheduler_config.json: {err}") from err
-        family = cls(transformer, vae, text_encoder, tokenizer, scheduler_config,
+        tokenizer = load_tokenizer(subfolder(folder, "tokenizer", "the T5 tokenizer", cls.name), cls.name)
+        config_of_scheduler = scheduler_config(subfolder(folder, "scheduler", "the scheduler configuration", cls.name), cls.name)
+        family = cls(transformer, vae, text_encoder, tokenizer, config_of_scheduler,
                      bool(config.get("add_noise_in_inpaint_model", False)), dtype, device)
         for module in (transformer, vae, text_encoder):
             module.to(device)

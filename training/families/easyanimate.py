@@ -18,7 +18,7 @@ from ...reward.hf_load import load_strict
 from ..lora.keymap import EASYANIMATE
 from .base import TextEmbeddings, VideoFamily, check_start_image
 from .inpaint import start_image_latents
-from .loading import load_diffusers, read_config, subfolder
+from .loading import load_diffusers, load_tokenizer, read_config, scheduler_config, subfolder
 
 LATENT_CHANNELS = 16
 MAX_TEXT_LENGTH = 256
@@ -85,8 +85,8 @@ class EasyAnimate(VideoFamily):
 
     @classmethod
     def load(cls, folder: Path, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu") -> "EasyAnimate":
-        from diffusers import AutoencoderKLMagvit, DDIMScheduler
-        from transformers import AutoTokenizer, BertModel, T5EncoderModel
+        from diffusers import AutoencoderKLMagvit
+        from transformers import BertModel, T5EncoderModel
 
         transformer, add_noise = cls.load_transformer(subfolder(folder, "transformer", "the transformer", cls.name), dtype)
         vae = load_diffusers(AutoencoderKLMagvit, subfolder(folder, "vae", "the Magvit VAE", cls.name), dtype, f"{cls.name} VAE")
@@ -96,21 +96,13 @@ class EasyAnimate(VideoFamily):
             "t5": load_strict(T5EncoderModel, subfolder(folder, "text_encoder_2", "the T5 text encoder", cls.name), dtype,
                               f"{cls.name} T5 text encoder"),
         }
-        tokenizers = {}
-        for key, name in (("bert", "tokenizer"), ("t5", "tokenizer_2")):
-            path = subfolder(folder, name, f"the {key} tokenizer", cls.name)
-            try:
-                tokenizers[key] = AutoTokenizer.from_pretrained(str(path))
-            except (OSError, ValueError) as err:
-                raise ModelFileError(f"{cls.name}: the tokenizer in {path} could not be loaded: {err}") from err
-        try:
-            scheduler_config = dict(DDIMScheduler.load_config(str(subfolder(folder, "scheduler", "the scheduler", cls.name))))
-        except (OSError, ValueError) as err:
-            raise ModelFileError(f"{cls.name}: {folder}/scheduler has no readable scheduler_config.json: {err}") from err
+        tokenizers = {key: load_tokenizer(subfolder(folder, name, f"the {key} tokenizer", cls.name), cls.name)
+                      for key, name in (("bert", "tokenizer"), ("t5", "tokenizer_2"))}
+        config_of_scheduler = scheduler_config(subfolder(folder, "scheduler", "the scheduler", cls.name), cls.name)
         device = torch.device(device)
         for module in (transformer, vae, *encoders.values()):
             module.to(device)
-        return cls(transformer, vae, encoders, tokenizers, scheduler_config, add_noise, dtype, device)
+        return cls(transformer, vae, encoders, tokenizers, config_of_scheduler, add_noise, dtype, device)
 
     def new_scheduler(self):
         from diffusers import DDIMScheduler

@@ -48,3 +48,22 @@ def load_diffusers(cls: Any, folder: Path, dtype: torch.dtype, what: str, **conf
     if problems:
         raise ModelFileError(f"{what}: the weights in {folder} do not fit the model ({'; '.join(problems)})")
     return model.eval().requires_grad_(False)
+
+
+def load_tokenizer(folder: Path, what: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as err:
+        raise ModelFileError(f"{what}: the tokenizer in {folder} could not be loaded: {err}") from err
+
+
+def scheduler_config(folder: Path, what: str) -> dict[str, Any]:
+    """The scheduler_config.json of a model's scheduler subfolder."""
+    from diffusers import DDIMScheduler
+
+    try:
+        return dict(DDIMScheduler.load_config(str(folder)))
+    except (OSError, ValueError) as err:
+        raise ModelFileError(f"{what}: {folder} has no readable scheduler_config.json: {err}") from err

@@ -37,6 +37,18 @@ def adapter_config(lora: Lora):
     )
 
 
+def check_modules(model: nn.Module, lora: Lora, family: str) -> None:
+    """Raise ValueError unless every LoRA module is a Linear of `model` with the LoRA's input and output widths."""
+    modules = dict(model.named_modules())
+    missing = [n for n in lora.modules if to_diffusers(family, n) not in modules]
+    if missing:
+        raise ValueError(f"{len(missing)} LoRA modules are not in this model (e.g. {', '.join(missing[:3])}); another model size?")
+    for name, module in lora.modules.items():
+        layer = modules[to_diffusers(family, name)]
+        if (layer.out_features, layer.in_features) != (module.up.shape[0], module.down.flatten(1).shape[1]):
+            raise ValueError(f"the LoRA does not fit this model at {name} (a LoRA for another model size?)")
+
+
 def attach(model: nn.Module, lora: Lora, family: str, adapter: str = "reward", strength: float = 1.0) -> int:
     """Attach `lora` to a diffusers transformer of `family` as adapter `adapter`; returns the modules matched.
 
@@ -47,10 +59,7 @@ def attach(model: nn.Module, lora: Lora, family: str, adapter: str = "reward", s
         raise ValueError(f"this is a {lora.label} LoRA; the model is {FAMILY_LABELS[family]}")
     if family != lora.family:
         lora = Lora(family, lora.modules, lora.source_format)
-    modules = dict(model.named_modules())
-    missing = [n for n in lora.modules if to_diffusers(family, n) not in modules]
-    if missing:
-        raise ValueError(f"{len(missing)} LoRA modules are not in this model (e.g. {', '.join(missing[:3])}); another model size?")
+    check_modules(model, lora, family)
     inject_adapter_in_model(adapter_config(lora), model, adapter_name=adapter)
     state = {}
     for name, module in lora.modules.items():
@@ -94,8 +103,9 @@ def detach(model: nn.Module, adapter: str) -> None:
 def merge(model: nn.Module, adapter: str, backup_device: str = "cpu") -> dict[str, torch.Tensor]:
     """Fold the adapter (at its current strength) into the base weights; returns the original weights."""
     backups = {}
+    layers = {id(layer) for layer in _lora_layers(model, adapter)}
     for name, layer in model.named_modules():
-        if layer in _lora_layers(model, adapter):
+        if id(layer) in layers:
             backups[name] = layer.get_base_layer().weight.detach().to(backup_device, copy=True)
             layer.merge(adapter_names=[adapter])
     return backups
