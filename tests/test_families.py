@@ -113,6 +113,17 @@ def test_gradients_reach_the_lora_only_through_chosen_steps(model):
     assert grad_modes == [False, False, False, True]
     family.decode(latents, first_n=1).mean().backward()
     assert all(p.grad is not None for p in lora_params) and sum(p.grad.abs().sum() for p in lora_params) > 0
+    for p in lora_params:
+        p.grad = None
+    early = sample(family, ["a red ball"], steps=4, guidance=6.0, generator=torch.Generator().manual_seed(0), grad_steps={1}, **SIZE)
+    family.decode(early, first_n=1).mean().backward()  # a chosen early step still gets gradient via the scheduler
+    assert sum(p.grad.abs().sum() for p in lora_params) > 0
+    for p in lora_params:
+        p.grad = None
+    drtune = sample(family, ["a red ball"], steps=4, guidance=6.0, generator=torch.Generator().manual_seed(0), grad_steps={2, 3},
+                    stop_input_gradient=True, **SIZE)
+    family.decode(drtune, first_n=1).mean().backward()
+    assert sum(p.grad.abs().sum() for p in lora_params) > 0
     grad_modes.clear()
     none = sample(family, ["a red ball"], steps=4, guidance=6.0, generator=torch.Generator().manual_seed(0), **SIZE)
     hook.remove()

@@ -1,8 +1,10 @@
 """The one denoising loop, for inference and training, over any model family.
 
-Classifier-free guidance doubles the batch (negative first). Steps listed in `grad_steps` run with autograd,
-every other step under `torch.no_grad()`, so gradients reach the model (e.g. a LoRA) only through the chosen
-steps. Inference passes no grad steps.
+Classifier-free guidance doubles the batch (negative first). The model runs with autograd only on the steps listed
+in `grad_steps`; every other prediction is made under `torch.no_grad()`, so gradients reach the model (e.g. a LoRA)
+only through the chosen steps. The scheduler updates stay differentiable, so a loss on the final latents still
+reaches a chosen step that is not the last one (through the scheduler's linear coefficients). Inference passes no
+grad steps and keeps no graph at all.
 """
 from __future__ import annotations
 
@@ -25,11 +27,13 @@ def sample(
     generator: torch.Generator | None = None,
     start_image: torch.Tensor | None = None,
     grad_steps: Collection[int] = (),
+    stop_input_gradient: bool = False,
     callback: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Latents of `len(prompts)` videos; `start_image` `[B,3,H,W]` in 0..1 makes it image-to-video.
 
-    `callback(step, steps)` runs after every step (progress, cancellation)."""
+    `stop_input_gradient` (DRTune) detaches the transformer's input on the grad steps, so a step's gradient flows
+    through its own prediction only. `callback(step, steps)` runs after every step (progress, cancellation)."""
     family.check_size(frames, height, width)
     scheduler = family.new_scheduler()
     scheduler.set_timesteps(steps, device=family.device)
@@ -37,18 +41,22 @@ def sample(
     text = family.encode(prompts)
     if guided:
         text = family.encode([negative_prompt] * len(prompts)).cat(text)
-    latents = family.init_latents(len(prompts), frames, height, width, generator) * scheduler.init_noise_sigma
+    latents = family.init_latents(len(prompts), frames, height, width, generator) * getattr(scheduler, "init_noise_sigma", 1.0)
     with torch.no_grad():
         condition = family.conditioning(latents, start_image, generator)
+    if guided:
+        condition = torch.cat([condition] * 2)
     for index, t in enumerate(scheduler.timesteps):
         with torch.enable_grad() if index in grad_steps else torch.no_grad():
-            model_input = torch.cat([latents] * 2) if guided else latents
-            model_input = scheduler.scale_model_input(model_input, t)
-            prediction = family.predict(model_input, t, text, torch.cat([condition] * 2) if guided else condition)
+            model_input = latents.detach() if stop_input_gradient else latents
+            model_input = torch.cat([model_input] * 2) if guided else model_input
+            if hasattr(scheduler, "scale_model_input"):
+                model_input = scheduler.scale_model_input(model_input, t)
+            prediction = family.predict(model_input, t, text, condition)
             if guided:
                 negative, positive = prediction.chunk(2)
                 prediction = negative + guidance * (positive - negative)
-            latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
+        latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
         if callback is not None:
             callback(index + 1, len(scheduler.timesteps))
     return latents

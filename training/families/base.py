@@ -40,6 +40,11 @@ class VideoFamily(ABC):
         self.device = device
         self._text_cache: dict[str, TextEmbeddings] = {}
 
+    @property
+    def transformers(self) -> dict[str, nn.Module]:
+        """The trainable transformer(s) by name (Wan2.2: the "high" and "low" noise experts)."""
+        return {"transformer": self.transformer}
+
     @abstractmethod
     def new_scheduler(self) -> Any:
         """A fresh scheduler (they keep per-run state)."""
