@@ -134,3 +134,52 @@ def attached(model: nn.Module, family: str, loras: Sequence[tuple[Lora, float]])
     finally:
         for name in names:
             detach(model, name)
+
+
+def trainable_targets(model: nn.Module, family: str, targets: Sequence[str] = (), skip: Sequence[str] = ()) -> list[str]:
+    """Diffusers names of the Linear layers a new reward LoRA trains: those with a published (original) name,
+    containing one of `targets` (all when empty) and none of `skip` (substrings of the original name)."""
+    from .keymap import from_diffusers
+
+    chosen = []
+    for name, module in model.named_modules():
+        original = from_diffusers(family, name) if isinstance(module, nn.Linear) else None
+        if original and (not targets or any(t in original for t in targets)) and not any(s in original for s in skip):
+            chosen.append(name)
+    if not chosen:
+        raise ValueError(f"no {FAMILY_LABELS[family]} layer matches the LoRA targets {list(targets)} (skipping {list(skip)})")
+    return chosen
+
+
+def add_trainable(model: nn.Module, family: str, rank: int, alpha: float, targets: Sequence[str] = (),
+                  skip: Sequence[str] = (), adapter: str = "reward_train") -> dict[str, nn.Parameter]:
+    """Inject a fresh LoRA (B = 0, so training starts from the base model); returns its float32 parameters by name."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=trainable_targets(model, family, targets, skip),
+                        init_lora_weights=True)
+    inject_adapter_in_model(config, model, adapter_name=adapter)
+    params = {}
+    for name, param in model.named_parameters():
+        if f".{adapter}." in name and "lora_" in name:
+            param.data = param.data.float()
+            param.requires_grad_(True)
+            params[name] = param
+    return params
+
+
+def export(model: nn.Module, family: str, adapter: str = "reward_train", dtype: torch.dtype | None = None) -> Lora:
+    """The adapter as a `Lora` keyed by the family's original names, ready to write in the published format."""
+    from .formats import LoraModule
+    from .keymap import from_diffusers
+
+    modules = {}
+    for name, layer in model.named_modules():
+        if name and hasattr(layer, "lora_A") and adapter in layer.lora_A:
+            down, up = layer.lora_A[adapter].weight.detach(), layer.lora_B[adapter].weight.detach()
+            modules[from_diffusers(family, name)] = LoraModule(
+                down.to(dtype or down.dtype).cpu().contiguous(), up.to(dtype or up.dtype).cpu().contiguous(),
+                float(layer.lora_alpha[adapter]))
+    if not modules:
+        raise ValueError(f"no adapter '{adapter}' is attached")
+    return Lora(family, modules, "trained")

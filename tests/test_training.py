@@ -1,0 +1,213 @@
+"""Reward-backprop training on tiny models: the reward rises on held-out prompts, the LoRA it exports reproduces
+the trained model, resume repeats the uninterrupted run exactly, and every way a job can end leaves a clear status."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from video_reward_lora.reward.tiny import write_reward_models
+from video_reward_lora.training import jobs
+from video_reward_lora.training.backprop import RewardBackprop
+from video_reward_lora.training.build import load_family, load_objective
+from video_reward_lora.training.config import TrainConfig, read_prompts
+from video_reward_lora.training.families.tiny import write_cogvideox_fun, write_easyanimate
+from video_reward_lora.training.jobs import Job, create_job
+from video_reward_lora.training.lora.adapters import attached
+from video_reward_lora.training.lora.formats import read_lora
+from video_reward_lora.training.runner import LOCK_FILE, run_job
+from video_reward_lora.training.sampler import sample
+from video_reward_lora.training.steps import expert_steps, grad_steps
+
+PROMPTS = ["a red ball", "a blue sky", "a cat in a field", "a dog on the field"]
+HELD_OUT = ["a red cat at dusk", "a sunny field", "a ball rolling"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "cogvideox": write_cogvideox_fun(root / "CogVideoX-Fun-V1.1-2b-InP"),
+        "easyanimate": write_easyanimate(root / "EasyAnimateV5-7b-zh-InP"),
+        "rewards": write_reward_models(root / "reward_models", ("aesthetic_v2.5", "hps_v2.1")),
+    }
+
+
+def tiny_config(models: dict[str, Path], family: str = "cogvideox", **overrides) -> TrainConfig:
+    settings = dict(
+        family=family, model={"folder": str(models[family])}, rewards=[{"key": "aesthetic_v2.5"}],
+        reward_roots=[str(models["rewards"])], prompts=PROMPTS, validation_prompts=HELD_OUT, validation_every=1000,
+        height=32, width=32, frames=9, steps=4, rank=4, alpha=4.0, learning_rate=1e-2, max_steps=6,
+        checkpoint_every=3, sample_every=3, gradient_checkpointing=False,
+    )
+    return TrainConfig.from_dict({**settings, **overrides})
+
+
+def test_step_strategies():
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert grad_steps("last", 50) == [49]
+    assert grad_steps("tail", 50, 5) == [45, 46, 47, 48, 49]
+    uniform = grad_steps("uniform", 50, 5, g())
+    assert len(uniform) == 5 and {b - a for a, b in zip(uniform, uniform[1:])} == {10} and 0 <= uniform[0] < 10
+    random = grad_steps("random", 50, 3, g(), random_start=10, random_end=20)
+    assert len(set(random)) == 3 and all(10 <= s < 20 for s in random)
+    assert grad_steps("list", 50, step_list=[3, 1, 3]) == [1, 3]
+    cutoff = grad_steps("cutoff", 50, generator=g())
+    assert cutoff == list(range(cutoff[0], 50))
+    for bad, match in ((dict(strategy="list", step_list=[50]), "outside"), (dict(strategy="random", random_start=60), "empty"),
+                       (dict(strategy="nope"), "unknown strategy")):
+        with pytest.raises(ValueError, match=match):
+            grad_steps(steps=50, **bad)
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=5.0)
+    scheduler.set_timesteps(10)
+    assert expert_steps(scheduler.timesteps, 0.9, "high") == [0, 1, 2, 3]
+    assert expert_steps(scheduler.timesteps, 0.9, "low") == [4, 5, 6, 7, 8, 9]
+
+
+def test_config_and_prompt_errors(models, tmp_path):
+    with pytest.raises(ValueError, match="unknown training settings: lr"):
+        TrainConfig.from_dict({"family": "cogvideox", "model": {"folder": "x"}, "lr": 1})
+    with pytest.raises(ValueError, match="unknown family"):
+        TrainConfig.from_dict({"family": "sd15", "model": {}, "prompts": ["a"]})
+    with pytest.raises(ValueError, match="missing: low, vae"):
+        TrainConfig.from_dict({"family": "wan2.2", "model": {"high": "h", "text_encoder": "t"}, "prompts": ["a"]})
+    with pytest.raises(ValueError, match="VAE gradient checkpointing"):
+        tiny_config(models, "easyanimate", vae_gradient_checkpointing=True)
+    with pytest.raises(ValueError, match="strategy 'best'"):
+        tiny_config(models, strategy="best")
+    (tmp_path / "p.txt").write_text("a cat\n\n  a dog  \n")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a cat"}\n{"prompt": "a dog"}\n')
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a cat"}\n{"text": "a dog"}\n')
+    assert read_prompts(tmp_path / "p.txt") == read_prompts(tmp_path / "p.jsonl") == ["a cat", "a dog"]
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        read_prompts(tmp_path / "bad.jsonl")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_prompts(tmp_path / "none.txt")
+
+
+def _trainer(config: TrainConfig) -> RewardBackprop:
+    device = torch.device("cpu")
+    return RewardBackprop(config, load_family(config, torch.float32, device), load_objective(config, torch.float32, device))
+
+
+@pytest.mark.parametrize("family", ["cogvideox", "easyanimate"])
+def test_training_raises_the_held_out_reward_and_the_lora_reproduces_it(models, tmp_path, family):
+    config = tiny_config(models, family, max_steps=30, checkpoint_every=30, sample_every=30)
+    seed_noise = statistics.stdev(_trainer(tiny_config(models, family, seed=s)).evaluate(HELD_OUT) for s in range(4))
+    job = create_job(tmp_path, config)
+    assert run_job(job.path) == "finished"
+    metrics = job.metrics()
+    before, after = metrics[0]["val_reward"], metrics[-1]["val_reward"]
+    assert after - before > 5 * seed_noise, (before, after, seed_noise)
+    assert [m["step"] for m in metrics] == list(range(31)) and all(m["grad_steps"] == [3] for m in metrics[1:])
+    assert (job.samples / "latest.png").is_file() and job.status()["state"] == "finished"
+
+    # the exported LoRA, loaded the way the LoRA nodes load it, reproduces the model as trained
+    trained = _trainer(config)
+    trained.load(job.latest_checkpoint())
+    lora = read_lora(job.lora)
+    assert lora.source_format == "videox" and lora.family == trained.family.lora_family
+    generator = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    with torch.no_grad():
+        expected = sample(trained.family, [HELD_OUT[0]], frames=9, height=32, width=32, steps=4, generator=generator())
+        fresh = load_family(config, torch.float32, torch.device("cpu"))
+        with attached(fresh.transformer, fresh.lora_family, [(lora, 1.0)]):
+            reloaded = sample(fresh, [HELD_OUT[0]], frames=9, height=32, width=32, steps=4, generator=generator())
+        base = sample(fresh, [HELD_OUT[0]], frames=9, height=32, width=32, steps=4, generator=generator())
+    assert torch.allclose(reloaded, expected, atol=1e-5)
+    assert (base - expected).abs().max() > 100 * (reloaded - expected).abs().max()
+
+
+def test_cancel_then_resume_repeats_the_uninterrupted_run(models, tmp_path, monkeypatch):
+    config = tiny_config(models, max_steps=6, checkpoint_every=100)
+    straight = create_job(tmp_path / "a", config)
+    assert run_job(straight.path) == "finished"
+
+    interrupted = create_job(tmp_path / "b", config)
+    with monkeypatch.context() as patch:
+        patch.setattr(Job, "cancel_requested", lambda self: len(self.metrics()) >= 4)  # step 0 validation + 3 steps
+        assert run_job(interrupted.path) == "cancelled"
+    status = interrupted.status()
+    assert status["state"] == "cancelled" and status["step"] == 3 and "checkpoint saved" in status["reason"]
+    assert interrupted.latest_checkpoint().name == "step-000003"
+    assert read_lora(interrupted.latest_checkpoint() / "lora.safetensors").modules  # a loadable LoRA
+    assert run_job(interrupted.path) == "finished"
+    losses = lambda job: [(m["step"], m.get("loss"), m.get("val_reward")) for m in job.metrics()]  # noqa: E731
+    assert losses(interrupted) == losses(straight)
+
+
+def test_nan_and_out_of_memory_end_in_a_clear_status(models, tmp_path, monkeypatch):
+    config = tiny_config(models, validation_prompts=[])
+    nan_job = create_job(tmp_path, config, name="nan")
+    monkeypatch.setattr(RewardBackprop, "_rewards", lambda self, frames, prompts, seed: frames.mean() * float("nan") * torch.ones(len(prompts)))
+    assert run_job(nan_job.path) == "failed"
+    assert "loss became nan at step 1" in nan_job.status()["reason"]
+
+    def out_of_memory(*_):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    oom_job = create_job(tmp_path, config, name="oom")
+    monkeypatch.setattr(RewardBackprop, "_frames", out_of_memory)
+    assert run_job(oom_job.path) == "failed"
+    status = oom_job.status()
+    assert status["reason"].startswith("out of memory at step 1") and "gradient checkpointing" in status["reason"]
+
+
+def _wait(job: Job, condition, timeout: float = 90.0) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = job.status()
+        if condition(status):
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"timed out; status {job.status()}; log:\n{job.log.read_text()[-3000:]}")
+
+
+def test_background_job_queue_kill_and_resume(models, tmp_path):
+    from filelock import FileLock
+
+    first = create_job(tmp_path, tiny_config(models, max_steps=400, checkpoint_every=2, validation_prompts=[]))
+    second = create_job(tmp_path, tiny_config(models, max_steps=2, validation_prompts=[]))
+    with FileLock(str(tmp_path / LOCK_FILE)):  # another job holds the GPU
+        jobs.start(second)
+        assert _wait(second, lambda s: "waiting for the GPU (another" in s["reason"])["state"] == "queued"
+        second.request_cancel()
+        assert _wait(second, lambda s: s["state"] != "queued")["reason"] == "cancelled while queued"
+
+    process = jobs.start(first)
+    _wait(first, lambda s: s.get("step", 0) >= 3)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    status = first.status()
+    assert status["state"] == "failed" and status["resumable"] and "killed or crashed" in status["reason"]
+    resumed_from = first.latest_checkpoint_step()
+    assert resumed_from >= 2
+    first.path.joinpath("config.json").write_text(json.dumps({**json.loads(first.path.joinpath("config.json").read_text()), "max_steps": resumed_from + 2}))
+    jobs.start(first).wait(timeout=90)
+    assert first.status()["state"] == "finished", first.log.read_text()[-2000:]
+    assert [m["step"] for m in first.metrics()] == list(range(1, resumed_from + 3))
+
+
+def test_accelerate_two_processes_keep_one_lora(models, tmp_path):
+    config = tmp_path / "train.json"
+    config.write_text(tiny_config(models, max_steps=3, validation_prompts=[]).to_json())
+    accelerate = Path(sys.executable).with_name("accelerate")
+    result = subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "video_reward_lora.training.cli", "run", "--config", str(config), "--output",
+         str(tmp_path / "run")], capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    status = Job(tmp_path / "run").status()
+    assert status["state"] == "finished"
+    checksums = status["rank_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1] != 0

@@ -1,0 +1,178 @@
+"""Reward backpropagation: sample with gradients kept on chosen steps, decode the first latents, score the frames,
+and step a LoRA on the transformer (the seeds' method; VADER's cut-off and DRTune as options).
+
+Every random draw of a training step (prompts, noise, chosen steps) comes from a generator seeded by (seed, step,
+micro-batch, process), so a run resumed from a checkpoint repeats the uninterrupted run's losses exactly, and
+each data-parallel process draws its own batch. With several processes the LoRA gradients are averaged through
+accelerate before clipping, so every process applies the same update.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..reward.composite import reward_loss, select_frames
+from .build import RewardObjective
+from .checkpoint import load_state, save_state
+from .config import TrainConfig, read_prompts
+from .families.base import VideoFamily
+from .lora.adapters import add_trainable, export
+from .lora.formats import write_lora
+from .sampler import sample
+from .steps import expert_steps, grad_steps
+
+ADAPTER = "reward_train"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient became NaN or infinite."""
+
+
+def step_generator(seed: int, step: int, micro: int = 0, rank: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + micro) * 101 + rank)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+class RewardBackprop:
+    """The trainer: a LoRA on one transformer of `family`, optimised to raise `objective` on the config's prompts."""
+
+    def __init__(self, config: TrainConfig, family: VideoFamily, objective: RewardObjective, accelerator: Any = None) -> None:
+        self.config = config
+        self.family = family
+        self.objective = objective
+        self.accelerator = accelerator
+        self.rank = accelerator.process_index if accelerator else 0
+        self.prompts = config.prompts or read_prompts(Path(config.prompts_file))
+        transformers = family.transformers
+        self.transformer = transformers[config.expert] if config.family == "wan2.2" else next(iter(transformers.values()))
+        skip = config.lora_skip if config.lora_skip is not None else (["ffn"] if config.family == "wan2.2" else [])
+        with torch.random.fork_rng(devices=[]):  # the same initial LoRA on every run and every process
+            torch.manual_seed(config.seed)
+            self.params = add_trainable(self.transformer, family.lora_family, config.rank, config.alpha,
+                                        config.lora_targets, skip, ADAPTER)
+        if config.gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        if config.vae_gradient_checkpointing:
+            family.vae.enable_gradient_checkpointing()
+        self.optimizer = self._optimizer()
+        self.step = 0
+        self.autocast = (torch.autocast(family.device.type, dtype=family.dtype)
+                         if family.dtype != torch.float32 else contextlib.nullcontext())
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        params = list(self.params.values())
+        if c.optimizer == "adamw8bit":
+            try:
+                import bitsandbytes as bnb
+            except ImportError as err:
+                raise RuntimeError("the 8-bit AdamW optimizer needs bitsandbytes (pip install bitsandbytes)") from err
+            return bnb.optim.AdamW8bit(params, lr=c.learning_rate, weight_decay=c.weight_decay, eps=c.adam_eps)
+        return torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay, eps=c.adam_eps)
+
+    def chosen_steps(self, generator: torch.Generator) -> list[int]:
+        """Sampler step indices that keep gradients (for Wan2.2, drawn among the trained expert's steps)."""
+        c = self.config
+        kwargs = dict(k=c.backprop_steps, generator=generator, random_start=c.random_start, random_end=c.random_end,
+                      step_list=c.step_list)
+        if c.family != "wan2.2":
+            return grad_steps(c.strategy, c.steps, **kwargs)
+        scheduler = self.family.new_scheduler()
+        scheduler.set_timesteps(c.steps)
+        mine = expert_steps(scheduler.timesteps, self.family.boundary, c.expert)
+        if not mine:
+            raise ValueError(f"with {c.steps} steps the {c.expert}-noise expert runs no step (boundary {self.family.boundary})")
+        return [mine[i] for i in grad_steps(c.strategy, len(mine), **kwargs)]
+
+    def _frames(self, prompts: list[str], generator: torch.Generator, chosen: list[int]) -> torch.Tensor:
+        c = self.config
+        latents = sample(self.family, prompts, c.negative_prompt, c.frames, c.height, c.width, c.steps, c.guidance,
+                         generator, grad_steps=chosen, stop_input_gradient=c.stop_input_gradient)
+        return self.family.decode(latents, first_n=c.decoded_latents)
+
+    def _rewards(self, frames: torch.Tensor, prompts: list[str], seed: int) -> torch.Tensor:
+        indices = select_frames(frames.shape[1], self.config.frame_mode, self.config.frame_count, seed)
+        return torch.stack([self.objective.reward(frames[b, indices], prompts[b]).mean() for b in range(len(prompts))])
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step (over `accumulation` micro-batches); returns its metrics."""
+        c = self.config
+        started = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, rewards = [], []
+        sample_frames = None
+        for micro in range(c.accumulation):
+            generator = step_generator(c.seed, self.step, micro, self.rank)
+            prompts = [self.prompts[i] for i in torch.randint(len(self.prompts), (c.batch_size,), generator=generator)]
+            chosen = self.chosen_steps(generator)
+            with self.autocast:
+                frames = self._frames(prompts, generator, chosen)
+                reward = self._rewards(frames, prompts, seed=c.seed + self.step)
+                loss = reward_loss(reward, self.objective.form, self.objective.target, self.objective.scale)
+            (loss / c.accumulation).backward()
+            losses.append(loss.detach().float())
+            rewards.append(reward.detach().float().mean())
+            sample_frames = frames.detach()[:, 0].float().cpu()
+        loss, reward = torch.stack(losses).mean(), torch.stack(rewards).mean()
+        params = list(self.params.values())
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            loss, reward = self.accelerator.reduce(torch.stack([loss, reward]).to(self.accelerator.device), "mean").cpu()
+            self._average_gradients(params)
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], c.max_grad_norm)
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            what = "loss" if not torch.isfinite(loss) else "gradient norm"
+            raise TrainingDiverged(f"the {what} became {float(loss if what == 'loss' else grad_norm)} at step {self.step + 1}")
+        self.optimizer.step()
+        self.step += 1
+        self.last_frames = sample_frames
+        return {"step": self.step, "loss": float(loss), "reward": float(reward), "grad_norm": float(grad_norm),
+                "lr": self.optimizer.param_groups[0]["lr"], "time": time.perf_counter() - started,
+                "memory_mib": peak_memory_mib(self.family.device), "grad_steps": chosen}
+
+    def _average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = self.accelerator.reduce(torch.cat([g.flatten() for g in grads]), "mean")
+        for param, chunk in zip(params, flat.split([g.numel() for g in grads])):
+            param.grad = chunk.view_as(param).to(param.dtype)
+
+    @torch.no_grad()
+    def evaluate(self, prompts: list[str]) -> float:
+        """Mean reward on `prompts`, each sampled with a fixed seed (the same noise at every evaluation)."""
+        c = self.config
+        scores = []
+        for index, prompt in enumerate(prompts):
+            generator = torch.Generator().manual_seed(c.seed * 7919 + index)
+            with self.autocast:
+                frames = self._frames([prompt], generator, [])
+                scores.append(float(self._rewards(frames, [prompt], seed=index)[0]))
+        return sum(scores) / len(scores)
+
+    def save(self, folder: Path) -> None:
+        """A checkpoint: the LoRA in the published format (loadable as it is) plus the exact trainer state."""
+        temporary = folder.with_name(f".{folder.name}.tmp")
+        temporary.mkdir(parents=True, exist_ok=True)
+        self.write_lora(temporary / "lora.safetensors")
+        save_state(temporary, self.step, self.params, self.optimizer)
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        temporary.rename(folder)
+
+    def load(self, folder: Path) -> None:
+        self.step = load_state(folder, self.params, self.optimizer)
+
+    def write_lora(self, path: Path) -> Path:
+        """The trained LoRA in the published reward-LoRA format (what the LoRA nodes and ComfyUI's loader read)."""
+        return write_lora(export(self.transformer, self.family.lora_family, ADAPTER, dtype=self.family.dtype), path, "videox")

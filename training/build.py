@@ -1,0 +1,68 @@
+"""From a training config to loaded objects: the video model family and the reward (with its loss settings)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..reward.composite import CompositeReward, RewardTerm
+from ..reward.registry import load_reward
+from .config import TrainConfig
+from .families.base import VideoFamily
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on a GPU (the seeds' setting; fp16 breaks Wan), fp32 on the CPU."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[precision]
+
+
+def load_family(config: TrainConfig, dtype: torch.dtype, device: torch.device) -> VideoFamily:
+    """The config's model, loaded strictly from its files, on `device`."""
+    if config.family == "cogvideox":
+        from .families.cogvideox import CogVideoXFun
+
+        return CogVideoXFun.load(Path(config.model["folder"]), dtype=dtype, device=device)
+    if config.family == "easyanimate":
+        from .families.easyanimate import EasyAnimate
+
+        return EasyAnimate.load(Path(config.model["folder"]), dtype=dtype, device=device)
+    from .families.wan import Wan22
+
+    files = {k: Path(config.model[k]) for k in ("high", "low", "vae", "text_encoder")}
+    return Wan22.load(**files, dtype=dtype, device=device, offload_idle=config.offload_idle_expert)
+
+
+@dataclass
+class RewardObjective:
+    """The reward to maximise and how its per-video value becomes a loss."""
+
+    reward: CompositeReward
+    form: str
+    target: float
+    scale: float
+
+
+def load_objective(config: TrainConfig, dtype: torch.dtype, device: torch.device) -> RewardObjective:
+    """One reward as it is (with its own loss target and scale), or a mix of normalised rewards."""
+    roots = [Path(r) for r in config.reward_roots]
+    models = [load_reward(c.key, roots, c.checkpoint, c.encoder, dtype, device) for c in config.rewards]
+    for model in models:
+        model.set_gradient_checkpointing(config.gradient_checkpointing)
+    if len(models) == 1:
+        spec = models[0].spec
+        reward = CompositeReward([RewardTerm(models[0], config.rewards[0].weight)])
+        target = spec.loss_target if config.loss_target is None else config.loss_target
+        return RewardObjective(reward, config.loss, target, spec.loss_scale)
+    terms = [RewardTerm(m, c.weight, *m.spec.norm) for m, c in zip(models, config.rewards)]
+    return RewardObjective(CompositeReward(terms), config.loss, 1.0 if config.loss_target is None else config.loss_target, 1.0)

@@ -1,0 +1,81 @@
+"""Reward-LoRA training from the command line, without ComfyUI.
+
+    python -m video_reward_lora.training.cli run --config train.json --output runs/my-lora
+    accelerate launch --num_processes 8 -m video_reward_lora.training.cli run --config train.json --output runs/my-lora
+    python -m video_reward_lora.training.cli start --config train.json --jobs-root runs   # in the background
+    python -m video_reward_lora.training.cli status runs/my-lora
+    python -m video_reward_lora.training.cli cancel runs/my-lora
+    python -m video_reward_lora.training.cli resume runs/my-lora                         # in the background
+
+`run` works in the foreground (and under accelerate launch); running it again on the same output resumes from the
+latest checkpoint. The config is a JSON object of TrainConfig fields (see README).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import TrainConfig
+from .jobs import Job, create_job, start, write_json_atomic
+
+
+def prepare(output: Path, config: TrainConfig) -> Job:
+    """`output` as a job directory for `config` (the same config when it already holds one: a resume)."""
+    output.mkdir(parents=True, exist_ok=True)
+    existing = output / "config.json"
+    if existing.is_file() and TrainConfig.load(existing) != config:
+        raise SystemExit(f"{output} holds a job with another config; choose a new --output (or run without --config to resume)")
+    write_json_atomic(existing, json.loads(config.to_json()))
+    if not (output / "job.json").is_file():
+        write_json_atomic(output / "job.json", {"id": output.name, "export_to": None})
+    return Job(output)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="video_reward_lora.training.cli", description="Train reward LoRAs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="train in the foreground (resumes when the output already holds checkpoints)")
+    run.add_argument("--config", type=Path, help="TrainConfig JSON (omit to resume the job in --output)")
+    run.add_argument("--output", type=Path, required=True, help="the job directory")
+    background = commands.add_parser("start", help="create a job and train it in a background process")
+    background.add_argument("--config", type=Path, required=True)
+    background.add_argument("--jobs-root", type=Path, required=True)
+    for name, text in (("run-job", "run an existing job directory"), ("status", "print a job's status"),
+                       ("cancel", "ask a job to stop (it saves a checkpoint first)"), ("resume", "restart a job in the background")):
+        commands.add_parser(name, help=text).add_argument("job", type=Path)
+    args = parser.parse_args(argv)
+
+    from .runner import run_job
+
+    if args.command == "run":
+        if args.config is not None:
+            prepare(args.output, TrainConfig.load(args.config))
+        elif not (args.output / "config.json").is_file():
+            parser.error(f"{args.output} holds no job; pass --config")
+        return 0 if run_job(args.output) in ("finished", "cancelled") else 1
+    if args.command == "run-job":
+        return 0 if run_job(args.job) in ("finished", "cancelled") else 1
+    if args.command == "start":
+        job = create_job(args.jobs_root, TrainConfig.load(args.config))
+        start(job)
+        print(job.path)
+        return 0
+    job = Job(args.job)
+    if not (job.path / "config.json").is_file():
+        print(f"{job.path} is not a training job directory", file=sys.stderr)
+        return 2
+    if args.command == "status":
+        print(json.dumps({**job.status(), "metrics": job.metrics()[-1:]}, indent=2))
+    elif args.command == "cancel":
+        job.request_cancel()
+        print(f"cancel requested for {job.id}")
+    else:
+        start(job)
+        print(f"resumed {job.id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

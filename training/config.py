@@ -1,0 +1,150 @@
+"""The training configuration: one dataclass is the single source of defaults for the node, the CLI and the tests.
+
+Defaults follow the seeds' launch scripts (VideoX-Fun train_reward_lora): rank 128 / alpha 64, guidance 6, lr 1e-5,
+weight decay 3e-2, eps 1e-10, gradient clipping 0.3, the last step carries gradients, the first latent is decoded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .steps import STRATEGIES
+
+FAMILIES = ("cogvideox", "easyanimate", "wan2.2")
+WAN_FILES = ("high", "low", "vae", "text_encoder")
+EXPERTS = ("low", "high")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+OPTIMIZERS = ("adamw", "adamw8bit")
+
+
+@dataclass
+class RewardChoice:
+    """One reward in the training mix: a registry key, its weight, and optional non-official file names."""
+
+    key: str
+    weight: float = 1.0
+    checkpoint: str | None = None
+    encoder: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    family: str
+    model: dict[str, str]  # {"folder": ...} (CogVideoX-Fun, EasyAnimate) or the Wan2.2 files {high, low, vae, text_encoder}
+    rewards: list[RewardChoice] = field(default_factory=lambda: [RewardChoice("hps_v2.1")])
+    reward_roots: list[str] = field(default_factory=list)
+    loss: str = "negative"
+    loss_target: float | None = None  # None: the reward's own target (one reward) or 1.0 (a mix)
+    prompts: list[str] = field(default_factory=list)
+    prompts_file: str = ""
+    validation_prompts: list[str] = field(default_factory=list)
+    validation_every: int = 50
+    negative_prompt: str = ""
+    expert: str = "low"
+    offload_idle_expert: bool = True
+    height: int = 256
+    width: int = 256
+    frames: int = 49
+    steps: int = 50
+    guidance: float = 6.0
+    strategy: str = "last"
+    backprop_steps: int = 1
+    random_start: int = 0
+    random_end: int | None = None
+    step_list: list[int] = field(default_factory=list)
+    stop_input_gradient: bool = False
+    decoded_latents: int = 1
+    frame_mode: str = "all"
+    frame_count: int = 1
+    gradient_checkpointing: bool = True
+    vae_gradient_checkpointing: bool = False
+    rank: int = 128
+    alpha: float = 64.0
+    lora_targets: list[str] = field(default_factory=list)
+    lora_skip: list[str] | None = None  # None: the family's default (Wan2.2: "ffn")
+    optimizer: str = "adamw"
+    learning_rate: float = 1e-5
+    weight_decay: float = 3e-2
+    adam_eps: float = 1e-10
+    max_grad_norm: float = 0.3
+    batch_size: int = 1
+    accumulation: int = 1
+    max_steps: int = 1000
+    checkpoint_every: int = 100
+    sample_every: int = 10
+    seed: int = 42
+    precision: str = "auto"
+    device: str = "auto"
+
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError naming the first setting that cannot work."""
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown family '{self.family}'; choose one of {', '.join(FAMILIES)}")
+        needed = WAN_FILES if self.family == "wan2.2" else ("folder",)
+        missing = [k for k in needed if not self.model.get(k)]
+        if missing:
+            raise ValueError(f"{self.family} needs the model files {', '.join(needed)}; missing: {', '.join(missing)}")
+        if not self.rewards:
+            raise ValueError("choose at least one reward")
+        if not self.prompts and not self.prompts_file:
+            raise ValueError("give training prompts (a list, or a .txt / .jsonl prompts file)")
+        checks = {
+            "expert": (self.expert, EXPERTS), "strategy": (self.strategy, STRATEGIES),
+            "precision": (self.precision, PRECISIONS), "optimizer": (self.optimizer, OPTIMIZERS),
+        }
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"{name} '{value}' is not one of {', '.join(allowed)}")
+        positive = {"steps": self.steps, "rank": self.rank, "batch_size": self.batch_size, "accumulation": self.accumulation,
+                    "max_steps": self.max_steps, "decoded_latents": self.decoded_latents, "backprop_steps": self.backprop_steps,
+                    "checkpoint_every": self.checkpoint_every, "learning_rate": self.learning_rate, "alpha": self.alpha}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if self.vae_gradient_checkpointing and self.family != "cogvideox":
+            raise ValueError(f"VAE gradient checkpointing works for the CogVideoX VAE only; {self.family}'s VAE does not support it")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
+        if "family" not in data or "model" not in data:
+            raise ValueError("a training config needs 'family' and 'model'")
+        data = dict(data)
+        data["rewards"] = [RewardChoice(**r) if isinstance(r, dict) else RewardChoice(r) for r in data.get("rewards", ["hps_v2.1"])]
+        return cls(**data).validate()
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from err
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Prompts from a .txt file (one per line) or a .jsonl file (a "prompt" per line); blank lines skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file {path} does not exist")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.suffix == ".jsonl":
+        prompts = []
+        for number, line in enumerate(lines, 1):
+            try:
+                prompts.append(str(json.loads(line)["prompt"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{number}: expected a JSON object with a 'prompt' ({err})") from err
+        lines = prompts
+    if not lines:
+        raise ValueError(f"{path} holds no prompts")
+    return lines
