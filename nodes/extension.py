@@ -6,8 +6,9 @@ from comfy_api.latest import ComfyExtension, io
 from .lora import NODES as LORA_NODES
 from .reward import NODES as REWARD_NODES
 from .sampling import NODES as SAMPLING_NODES
+from .training import NODES as TRAINING_NODES
 
 
 class VideoRewardExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*REWARD_NODES, *LORA_NODES, *SAMPLING_NODES]
+        return [*REWARD_NODES, *LORA_NODES, *SAMPLING_NODES, *TRAINING_NODES]

@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-HF_HUB_OFFLINE=1 .venv/bin/python -m video_reward_lora.reward.demo "$@"
+HF_HUB_OFFLINE=1 .venv/bin/python -m video_reward_lora.training.demo "$@"

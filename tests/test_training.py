@@ -20,12 +20,13 @@ from video_reward_lora.training.backprop import RewardBackprop
 from video_reward_lora.training.build import load_family, load_objective
 from video_reward_lora.training.config import TrainConfig, read_prompts
 from video_reward_lora.training.families.tiny import write_cogvideox_fun, write_easyanimate
+from video_reward_lora.training.families.tiny_wan import write_wan22
 from video_reward_lora.training.jobs import Job, create_job
 from video_reward_lora.training.lora.adapters import attached
 from video_reward_lora.training.lora.formats import read_lora
 from video_reward_lora.training.runner import LOCK_FILE, run_job
 from video_reward_lora.training.sampler import sample
-from video_reward_lora.training.steps import expert_steps, grad_steps
+from video_reward_lora.training.steps import grad_steps
 
 PROMPTS = ["a red ball", "a blue sky", "a cat in a field", "a dog on the field"]
 HELD_OUT = ["a red cat at dusk", "a sunny field", "a ball rolling"]
@@ -37,13 +38,14 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return {
         "cogvideox": write_cogvideox_fun(root / "CogVideoX-Fun-V1.1-2b-InP"),
         "easyanimate": write_easyanimate(root / "EasyAnimateV5-7b-zh-InP"),
+        "wan2.2": write_wan22(root / "wan"),
         "rewards": write_reward_models(root / "reward_models", ("aesthetic_v2.5", "hps_v2.1")),
     }
 
 
 def tiny_config(models: dict[str, Path], family: str = "cogvideox", **overrides) -> TrainConfig:
     settings = dict(
-        family=family, model={"folder": str(models[family])}, rewards=[{"key": "aesthetic_v2.5"}],
+        family=family, model={k: str(v) for k, v in models[family].items()} if family == "wan2.2" else {"folder": str(models[family])}, rewards=[{"key": "aesthetic_v2.5"}],
         reward_roots=[str(models["rewards"])], prompts=PROMPTS, validation_prompts=HELD_OUT, validation_every=1000,
         height=32, width=32, frames=9, steps=4, rank=4, alpha=4.0, learning_rate=1e-2, max_steps=6,
         checkpoint_every=3, sample_every=3, gradient_checkpointing=False,
@@ -66,12 +68,6 @@ def test_step_strategies():
                        (dict(strategy="nope"), "unknown strategy")):
         with pytest.raises(ValueError, match=match):
             grad_steps(steps=50, **bad)
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=5.0)
-    scheduler.set_timesteps(10)
-    assert expert_steps(scheduler.timesteps, 0.9, "high") == [0, 1, 2, 3]
-    assert expert_steps(scheduler.timesteps, 0.9, "low") == [4, 5, 6, 7, 8, 9]
 
 
 def test_config_and_prompt_errors(models, tmp_path):
@@ -100,7 +96,7 @@ def _trainer(config: TrainConfig) -> RewardBackprop:
     return RewardBackprop(config, load_family(config, torch.float32, device), load_objective(config, torch.float32, device))
 
 
-@pytest.mark.parametrize("family", ["cogvideox", "easyanimate"])
+@pytest.mark.parametrize("family", ["cogvideox", "easyanimate", "wan2.2"])
 def test_training_raises_the_held_out_reward_and_the_lora_reproduces_it(models, tmp_path, family):
     config = tiny_config(models, family, max_steps=30, checkpoint_every=30, sample_every=30)
     seed_noise = statistics.stdev(_trainer(tiny_config(models, family, seed=s)).evaluate(HELD_OUT) for s in range(4))
@@ -157,7 +153,7 @@ def test_nan_and_out_of_memory_end_in_a_clear_status(models, tmp_path, monkeypat
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     oom_job = create_job(tmp_path, config, name="oom")
-    monkeypatch.setattr(RewardBackprop, "_frames", out_of_memory)
+    monkeypatch.setattr(RewardBackprop, "decoded_frames", out_of_memory)
     assert run_job(oom_job.path) == "failed"
     status = oom_job.status()
     assert status["reason"].startswith("out of memory at step 1") and "gradient checkpointing" in status["reason"]
@@ -211,3 +207,12 @@ def test_accelerate_two_processes_keep_one_lora(models, tmp_path):
     assert status["state"] == "finished"
     checksums = status["rank_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1] != 0
+
+
+def test_wan_trains_one_expert_with_its_own_steps(models):
+    high = _trainer(tiny_config(models, "wan2.2", expert="high", steps=10, strategy="tail", backprop_steps=2))
+    assert high.chosen_steps(torch.Generator()) == [2, 3]  # 10 steps, shift 5, boundary 0.9: steps 0-3 are high
+    assert any("attn2.to_k" in n for n in high.params) and not any("ffn" in n for n in high.params)  # Wan skips ffn
+    assert not any("lora_" in n for n, _ in high.family.transformers["low"].named_parameters())
+    low = _trainer(tiny_config(models, "wan2.2", expert="low", steps=10))
+    assert low.chosen_steps(torch.Generator()) == [9] and low.transformer is low.family.transformers["low"]

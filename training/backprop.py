@@ -23,7 +23,7 @@ from .families.base import VideoFamily
 from .lora.adapters import add_trainable, export
 from .lora.formats import write_lora
 from .sampler import sample
-from .steps import expert_steps, grad_steps
+from .steps import grad_steps
 
 ADAPTER = "reward_train"
 
@@ -55,7 +55,8 @@ class RewardBackprop:
         self.rank = accelerator.process_index if accelerator else 0
         self.prompts = config.prompts or read_prompts(Path(config.prompts_file))
         transformers = family.transformers
-        self.transformer = transformers[config.expert] if config.family == "wan2.2" else next(iter(transformers.values()))
+        self.expert = config.expert if config.expert in transformers else next(iter(transformers))
+        self.transformer = transformers[self.expert]
         skip = config.lora_skip if config.lora_skip is not None else (["ffn"] if config.family == "wan2.2" else [])
         with torch.random.fork_rng(devices=[]):  # the same initial LoRA on every run and every process
             torch.manual_seed(config.seed)
@@ -82,20 +83,18 @@ class RewardBackprop:
         return torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay, eps=c.adam_eps)
 
     def chosen_steps(self, generator: torch.Generator) -> list[int]:
-        """Sampler step indices that keep gradients (for Wan2.2, drawn among the trained expert's steps)."""
+        """Sampler step indices that keep gradients, drawn among the steps the trained transformer runs (for Wan2.2,
+        the trained expert's steps, as VideoX-Fun counts them)."""
         c = self.config
-        kwargs = dict(k=c.backprop_steps, generator=generator, random_start=c.random_start, random_end=c.random_end,
-                      step_list=c.step_list)
-        if c.family != "wan2.2":
-            return grad_steps(c.strategy, c.steps, **kwargs)
         scheduler = self.family.new_scheduler()
         scheduler.set_timesteps(c.steps)
-        mine = expert_steps(scheduler.timesteps, self.family.boundary, c.expert)
+        mine = [i for i, t in enumerate(scheduler.timesteps) if self.family.expert(t) == self.expert]
         if not mine:
-            raise ValueError(f"with {c.steps} steps the {c.expert}-noise expert runs no step (boundary {self.family.boundary})")
-        return [mine[i] for i in grad_steps(c.strategy, len(mine), **kwargs)]
+            raise ValueError(f"with {c.steps} steps the {self.expert} transformer runs no step; use more steps")
+        chosen = grad_steps(c.strategy, len(mine), c.backprop_steps, generator, c.random_start, c.random_end, c.step_list)
+        return [mine[i] for i in chosen]
 
-    def _frames(self, prompts: list[str], generator: torch.Generator, chosen: list[int]) -> torch.Tensor:
+    def decoded_frames(self, prompts: list[str], generator: torch.Generator, chosen: list[int]) -> torch.Tensor:
         c = self.config
         latents = sample(self.family, prompts, c.negative_prompt, c.frames, c.height, c.width, c.steps, c.guidance,
                          generator, grad_steps=chosen, stop_input_gradient=c.stop_input_gradient)
@@ -117,7 +116,7 @@ class RewardBackprop:
             prompts = [self.prompts[i] for i in torch.randint(len(self.prompts), (c.batch_size,), generator=generator)]
             chosen = self.chosen_steps(generator)
             with self.autocast:
-                frames = self._frames(prompts, generator, chosen)
+                frames = self.decoded_frames(prompts, generator, chosen)
                 reward = self._rewards(frames, prompts, seed=c.seed + self.step)
                 loss = reward_loss(reward, self.objective.form, self.objective.target, self.objective.scale)
             (loss / c.accumulation).backward()
@@ -154,7 +153,7 @@ class RewardBackprop:
         for index, prompt in enumerate(prompts):
             generator = torch.Generator().manual_seed(c.seed * 7919 + index)
             with self.autocast:
-                frames = self._frames([prompt], generator, [])
+                frames = self.decoded_frames([prompt], generator, [])
                 scores.append(float(self._rewards(frames, [prompt], seed=index)[0]))
         return sum(scores) / len(scores)
 

@@ -6,7 +6,7 @@
 - `random`: K distinct steps drawn from [random_start, random_end).
 - `list`: exactly the given steps.
 - `cutoff`: VADER's random cut-off: every step from a uniformly drawn index to the end.
-For Wan2.2 the indices count only the steps of the expert being trained (VideoX-Fun's rule), see `expert_steps`.
+For Wan2.2 the indices count only the steps of the expert being trained (VideoX-Fun's rule).
 """
 from __future__ import annotations
 
@@ -53,8 +53,3 @@ def grad_steps(
         return list(range(int(torch.randint(0, steps, (1,), generator=generator)), steps))
     raise ValueError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
 
-
-def expert_steps(timesteps: torch.Tensor, boundary: float, expert: str) -> list[int]:
-    """The sampler indices a Wan2.2 expert runs: high for t >= boundary * 1000, low for the rest."""
-    high = [i for i, t in enumerate(timesteps.tolist()) if t >= boundary * 1000]
-    return high if expert == "high" else [i for i in range(len(timesteps)) if i not in set(high)]

@@ -45,6 +45,10 @@ class VideoFamily(ABC):
         """The trainable transformer(s) by name (Wan2.2: the "high" and "low" noise experts)."""
         return {"transformer": self.transformer}
 
+    def expert(self, t: torch.Tensor | float) -> str:
+        """The name (in `transformers`) of the transformer that denoises at timestep `t`."""
+        return "transformer"
+
     @abstractmethod
     def new_scheduler(self) -> Any:
         """A fresh scheduler (they keep per-run state)."""

@@ -17,10 +17,10 @@ from typing import Callable
 
 import torch
 
+from ..scaled_fp8 import FP8, dequantise, quantise_fp8, scale_key
 from .formats import Lora, LoraModule
 from .keymap import to_diffusers
 
-FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 SHARD = re.compile(r"^(?P<stem>.+)-\d{5}-of-\d{5}\.safetensors$")
 CHECKPOINT_PREFIXES = ("", "diffusion_model.", "model.diffusion_model.")
 
@@ -31,7 +31,7 @@ class BakeError(ValueError):
 
 def merged(weight: torch.Tensor, module: LoraModule, strength: float, scale: torch.Tensor | None = None) -> torch.Tensor:
     """`W + strength * (alpha / r) * up @ down` in float32 (W dequantised by `scale` if given)."""
-    full = weight.float() * scale.float() if scale is not None else weight.float()
+    full = dequantise(weight, scale)
     if full.flatten(1).shape != (module.up.shape[0], module.down.flatten(1).shape[1]):
         raise BakeError(
             f"LoRA shape {module.up.shape[0]}x{module.down.flatten(1).shape[1]} does not fit a weight of shape "
@@ -42,12 +42,6 @@ def merged(weight: torch.Tensor, module: LoraModule, strength: float, scale: tor
     up, down = module.up.flatten(1).to(full), module.down.flatten(1).to(full)
     full.view(full.shape[0], -1).addmm_(up, down, alpha=strength * module.scale)
     return full
-
-
-def quantise_fp8(value: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fp8 tensor, float32 scale) with `fp8 * scale ≈ value`, the scale mapping the largest |value| to fp8's max."""
-    scale = (value.abs().max() / torch.finfo(dtype).max).clamp(min=1e-12)
-    return (value / scale).to(dtype), scale.reshape(())
 
 
 def target_keys(lora: Lora, shapes: dict[str, list[int]]) -> dict[str, str]:
@@ -162,18 +156,14 @@ def bake(
     return report
 
 
-def _scale_key(key: str) -> str:
-    return key[: -len(".weight")] + ".scale_weight"
-
-
 def _fp8_scales(source, header: dict, targets: dict[str, str], lora: Lora, strength: float) -> dict[str, torch.Tensor]:
     """New per-tensor scales of scaled-fp8 weights (a first pass: a scale may precede its weight in the file)."""
     scales = {}
     for key, name in targets.items():
-        if header[key]["dtype"].startswith("F8") and _scale_key(key) in header:
+        if header[key]["dtype"].startswith("F8") and scale_key(key) in header:
             weight = source.get_tensor(key)
-            exact = merged(weight, lora.modules[name], strength, source.get_tensor(_scale_key(key)))
-            scales[_scale_key(key)] = quantise_fp8(exact, weight.dtype)[1]
+            exact = merged(weight, lora.modules[name], strength, source.get_tensor(scale_key(key)))
+            scales[scale_key(key)] = quantise_fp8(exact, weight.dtype)[1]
     return scales
 
 
@@ -185,11 +175,11 @@ def _merge_one(
     if weight.dtype not in FP8:
         return merged(weight, module, strength).to(weight.dtype)
     limit = torch.finfo(weight.dtype).max
-    if _scale_key(key) in scales:
-        exact = merged(weight, module, strength, source.get_tensor(_scale_key(key)))
-        scale = scales[_scale_key(key)]
+    if scale_key(key) in scales:
+        exact = merged(weight, module, strength, source.get_tensor(scale_key(key)))
+        scale = scales[scale_key(key)]
         quantised = (exact / scale).clamp(-limit, limit).to(weight.dtype)
-        restored = quantised.float() * scale
+        restored = dequantise(quantised, scale)
     else:
         exact = merged(weight, module, strength)
         quantised = exact.clamp(-limit, limit).to(weight.dtype)

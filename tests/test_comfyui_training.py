@@ -1,0 +1,76 @@
+"""Training from a real ComfyUI (COMFYUI_PATH; skipped otherwise): start a job through POST /prompt, watch Training
+Status reach finished, then load the trained LoRA in a second graph and sample with it."""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from comfyui_server import PACK_NAME, PACK_ROOT, comfyui_server  # noqa: E402
+
+COMFYUI = os.environ.get("COMFYUI_PATH")
+pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set")
+MODEL = "CogVideoX-Fun-V1.1-2b-InP"
+
+
+def _train_graph(lora_name: str) -> dict:
+    return {
+        "1": {"class_type": "TrainRewardLoRA", "inputs": {
+            "family": "CogVideoX-Fun", "model_folder": f"CogVideoX-Fun/{MODEL}", "wan_high": "none", "wan_low": "none",
+            "wan_vae": "none", "wan_text_encoder": "none", "expert": "low", "reward": "aesthetic_v2.5", "reward_weight": 1.0,
+            "reward_2": "none", "reward_2_weight": 1.0, "prompts": "a red ball\na blue sky\na cat in a field",
+            "prompts_file": "none", "validation_prompts": "a sunny field", "width": 32, "height": 32, "frames": 9,
+            "sampling_steps": 3, "cfg": 6.0, "strategy": "last", "backprop_steps": 1, "decoded_latents": 1,
+            "learning_rate": 0.01, "rank": 4, "alpha": 4.0, "train_steps": 4, "checkpoint_every": 2, "seed": 42,
+            "gradient_checkpointing": False, "lora_name": lora_name}},
+        "2": {"class_type": "RewardTrainingStatus", "inputs": {"job_id": ["1", 0]}},
+    }
+
+
+def test_train_watch_and_load_the_lora(tmp_path):
+    from video_reward_lora.reward.tiny import write_reward_models
+    from video_reward_lora.training.families.tiny import write_cogvideox_fun
+
+    models = tmp_path / "models"
+    write_cogvideox_fun(models / "CogVideoX_Fun" / MODEL)
+    write_reward_models(models / "reward_models", ("aesthetic_v2.5",))
+    folders = {"CogVideoX_Fun": models / "CogVideoX_Fun", "reward_models": models / "reward_models"}
+    with comfyui_server(COMFYUI, tmp_path / "comfy", {PACK_NAME: PACK_ROOT}, folders) as server:
+        started = server.run(_train_graph("tiny_cog"), timeout=120)
+        assert started["status"]["status_str"] == "success", started["status"]
+        job_id = re.search(r"started training job (\S+)", started["outputs"]["1"]["text"][0]).group(1)
+
+        deadline, text = time.time() + 240, ""
+        while time.time() < deadline:
+            watched = server.run({"2": {"class_type": "RewardTrainingStatus", "inputs": {"job_id": job_id}}})
+            text = watched["outputs"]["2"]["text"][0]
+            if "finished" in text.splitlines()[0] or "failed" in text.splitlines()[0]:
+                break
+            time.sleep(1.0)
+        assert text.startswith(f"job {job_id}: finished"), text + server.log.read_text()[-3000:]
+        assert "step 4/4" in text and "held-out reward" in text
+        lora = next((tmp_path / "comfy" / "models" / "loras" / "video_reward").glob("tiny_cog.safetensors"))
+        assert lora.stat().st_size > 0
+
+        again = server.run(_train_graph("tiny_cog"))  # same inputs: cached, no second job
+        assert again["status"]["status_str"] == "success"
+        clash = server.run({**_train_graph("tiny_cog"), "1": {**_train_graph("tiny_cog")["1"], "inputs": {
+            **_train_graph("tiny_cog")["1"]["inputs"], "seed": 7}}})
+        assert clash["status"]["status_str"] == "error" and "exists already" in str(clash["status"]["messages"])
+
+        use = {
+            "1": {"class_type": "CogVideoXFunLoader", "inputs": {"model": MODEL, "precision": "auto"}},
+            "2": {"class_type": "VideoModelRewardLora", "inputs": {"model": ["1", 0], "lora": "video_reward/tiny_cog.safetensors", "strength": 0.7}},
+            "3": {"class_type": "VideoRewardSampler", "inputs": {
+                "model": ["2", 0], "prompt": "a red ball", "negative_prompt": "", "width": 32, "height": 32, "frames": 9,
+                "steps": 3, "cfg": 6.0, "seed": 43, "memory": "model offload"}},
+            "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+        }
+        used = server.run(use, timeout=120)
+        assert used["status"]["status_str"] == "success", used["status"]
+        assert "video_reward/tiny_cog.safetensors" in server.get("/object_info/LoraLoaderModelOnly")["LoraLoaderModelOnly"]["input"]["required"]["lora_name"][0]
