@@ -73,6 +73,20 @@ def _model_files(family: str, model_folder: str, wan: dict[str, str]) -> dict[st
     return {"folder": str(folder)}
 
 
+def _same_job(config: TrainConfig, export_to: Path) -> Job | None:
+    """The job that trains the LoRA `export_to` (queueing the graph again finds it instead of starting another);
+    an error when that job was started with other settings."""
+    root = jobs_root()
+    for path in sorted(root.glob("*/job.json")) if root.is_dir() else []:
+        job = Job(path.parent)
+        if job.info().get("export_to") == str(export_to):
+            if job.config() != config:
+                raise FileExistsError(f"a training job for loras/{LORA_SUBFOLDER}/{export_to.name} exists already ({job.id}) "
+                                      "with other settings; choose another lora_name")
+            return job
+    return None
+
+
 def _watch(job: Job, node_id: str | None) -> None:
     """Push the job's progress to the browser (as text under the node) until it ends."""
     from server import PromptServer
@@ -181,8 +195,6 @@ class TrainRewardLoRA(io.ComfyNode):
         if not name:
             raise ValueError("give the LoRA a file name")
         export_to = Path(folder_paths.get_folder_paths("loras")[0]) / LORA_SUBFOLDER / f"{name}.safetensors"
-        if export_to.exists():
-            raise FileExistsError(f"loras/{LORA_SUBFOLDER}/{name}.safetensors exists already; choose another lora_name")
         config = TrainConfig.from_dict(dict(
             family=key, model=_model_files(key, model_folder, wan), rewards=chosen,
             reward_roots=[str(r) for r in reward_model_roots()], prompts=lines, prompts_file=prompt_path,
@@ -192,10 +204,16 @@ class TrainRewardLoRA(io.ComfyNode):
             learning_rate=learning_rate, rank=rank, alpha=alpha, max_steps=train_steps,
             checkpoint_every=checkpoint_every, seed=seed, gradient_checkpointing=gradient_checkpointing,
         ))
+        job = _same_job(config, export_to)
+        if job is not None and job.status().get("state") in ACTIVE + ("finished",):
+            return io.NodeOutput(job.id, ui=ui.PreviewText(f"training job {job.id} is {job.status()['state']}"))
+        if job is None and export_to.exists():
+            raise FileExistsError(f"loras/{LORA_SUBFOLDER}/{name}.safetensors exists already; choose another lora_name")
         comfy.model_management.unload_all_models()
         comfy.model_management.soft_empty_cache()
-        job = create_job(jobs_root(), config, export_to=export_to, name=name)
-        start(job)
+        if job is None:
+            job = create_job(jobs_root(), config, export_to=export_to, name=name)
+        start(job)  # a new job, or a failed / cancelled one resumed from its last checkpoint
         threading.Thread(target=_watch, args=(job, cls.hidden.unique_id), daemon=True, name=f"watch {job.id}").start()
         return io.NodeOutput(job.id, ui=ui.PreviewText(f"started training job {job.id}"))
 

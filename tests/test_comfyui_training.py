@@ -48,6 +48,7 @@ def test_train_watch_and_load_the_lora(tmp_path):
         deadline, text = time.time() + 240, ""
         while time.time() < deadline:
             watched = server.run({"2": {"class_type": "RewardTrainingStatus", "inputs": {"job_id": job_id}}})
+            assert watched["status"]["status_str"] == "success", watched["status"]
             text = watched["outputs"]["2"]["text"][0]
             if "finished" in text.splitlines()[0] or "failed" in text.splitlines()[0]:
                 break
@@ -57,11 +58,12 @@ def test_train_watch_and_load_the_lora(tmp_path):
         lora = next((tmp_path / "comfy" / "models" / "loras" / "video_reward").glob("tiny_cog.safetensors"))
         assert lora.stat().st_size > 0
 
-        again = server.run(_train_graph("tiny_cog"))  # same inputs: cached, no second job
-        assert again["status"]["status_str"] == "success"
+        again = server.run(_train_graph("tiny_cog"))  # queued again: finds the job, starts no second one
+        assert again["status"]["status_str"] == "success" and f"training job {job_id} is finished" in again["outputs"]["1"]["text"][0]
+        assert len(list((tmp_path / "comfy" / "output" / "video_reward_jobs").glob("*/job.json"))) == 1
         clash = server.run({**_train_graph("tiny_cog"), "1": {**_train_graph("tiny_cog")["1"], "inputs": {
             **_train_graph("tiny_cog")["1"]["inputs"], "seed": 7}}})
-        assert clash["status"]["status_str"] == "error" and "exists already" in str(clash["status"]["messages"])
+        assert clash["status"]["status_str"] == "error" and "with other settings" in str(clash["status"]["messages"])
 
         use = {
             "1": {"class_type": "CogVideoXFunLoader", "inputs": {"model": MODEL, "precision": "auto"}},
