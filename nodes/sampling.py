@@ -1,10 +1,14 @@
 """Nodes that load CogVideoX-Fun models and sample videos with them (the pack's own, diffusers-based, path)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from comfy_api.latest import io
 
 from ..reward.files import list_entries, resolve_inside
+from ..training.families.memory import MEMORY_MODES, apply_memory_mode, check_memory_mode
 from ..training.lora.adapters import attached
 from ..training.sampler import sample
 from .folders import VIDEO_MODEL_FOLDERS, roots
@@ -44,6 +48,33 @@ def load_video_model(family_cls, name: str, precision: str) -> LoadedVideoModel:
     return LoadedVideoModel(family, patchers)
 
 
+def _text_encoder_roles(model: LoadedVideoModel) -> list[str]:
+    return [role for role in model.patchers if role.startswith("text_encoder")]
+
+
+@contextmanager
+def _placed(model: LoadedVideoModel, memory: str) -> Iterator[None]:
+    """The transformer and VAE where the memory mode wants them while the block samples and decodes: loaded by
+    ComfyUI's model manager, or (sequential offload) handed to accelerate, which streams their weights."""
+    import comfy.model_management as mm
+
+    roles = [role for role in model.patchers if role not in _text_encoder_roles(model)]
+    if memory != "sequential offload":
+        model.load(*roles)
+        yield
+        return
+    # all of this model off the GPU first (the prompts are cached): ComfyUI's manager does not see what accelerate streams
+    patchers = list(model.patchers.values())
+    for loaded in [entry for entry in mm.current_loaded_models if entry.model in patchers]:
+        loaded.model_unload()
+        mm.current_loaded_models.remove(loaded)
+    mm.soft_empty_cache()
+    family = model.family
+    with apply_memory_mode(family, memory, family.device, names=[*family.transformers, "vae"],
+                           offload_device=mm.unet_offload_device()):
+        yield
+
+
 def _loader_schema(node_id: str, family: str, example: str) -> io.Schema:
     folder = VIDEO_MODEL_FOLDERS[family]
     return io.Schema(
@@ -76,7 +107,7 @@ class CogVideoXFunLoader(io.ComfyNode):
 class EasyAnimateLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return _loader_schema("EasyAnimateLoader", "EasyAnimate", "EasyAnimateV5-12b-zh-InP")
+        return _loader_schema("EasyAnimateLoader", "EasyAnimate", "EasyAnimateV5.1-12b-zh-InP or EasyAnimateV5-12b-zh-InP")
 
     @classmethod
     def execute(cls, model: str, precision: str) -> io.NodeOutput:
@@ -103,6 +134,11 @@ class VideoModelSampler(io.ComfyNode):
                 io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Denoising steps."),
                 io.Float.Input("cfg", default=6.0, min=1.0, max=30.0, step=0.1, tooltip="Classifier-free guidance scale (1 = off)."),
                 io.Int.Input("seed", default=43, min=0, max=2**63 - 1, control_after_generate=True, tooltip="Noise seed."),
+                io.Combo.Input("memory", options=list(MEMORY_MODES), default="model offload",
+                               tooltip="Where the weights live while sampling. full: everything on the GPU at once (fastest, "
+                               "most memory). model offload: each part (text encoder, transformer, VAE) on the GPU only "
+                               "while it runs. sequential offload: weights stay in RAM and stream to the GPU layer by layer "
+                               "(slowest; lets a 12B model sample on a 24 GB card)."),
                 io.Image.Input("start_image", optional=True, tooltip="Image-to-video: the first frame (resized to width x height)."),
             ],
             outputs=[
@@ -113,7 +149,7 @@ class VideoModelSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: LoadedVideoModel, prompt: str, negative_prompt: str, width: int, height: int, frames: int,
-                steps: int, cfg: float, seed: int, start_image: torch.Tensor | None = None) -> io.NodeOutput:
+                steps: int, cfg: float, seed: int, memory: str, start_image: torch.Tensor | None = None) -> io.NodeOutput:
         import comfy.utils
 
         family = model.family
@@ -122,15 +158,16 @@ class VideoModelSampler(io.ComfyNode):
         if start_image is not None:
             image = start_image[:1].permute(0, 3, 1, 2)[:, :3]
             image = comfy.utils.common_upscale(image, width, height, "bicubic", "center").clamp(0, 1)
-        model.load(*[role for role in model.patchers if role.startswith("text_encoder")])
+        check_memory_mode(memory)
+        model.load(*(model.patchers if memory == "full" else _text_encoder_roles(model)))
         family.encode([prompt, negative_prompt])
-        model.load("transformer", "vae")
         bar = comfy.utils.ProgressBar(steps)
         generator = torch.Generator().manual_seed(seed)
-        with attached(family.transformer, family.lora_family, [(lora, strength) for lora, strength, _ in model.loras]):
+        loras = [(lora, strength) for lora, strength, _ in model.loras]
+        with attached(family.transformer, family.lora_family, loras), _placed(model, memory):  # LoRAs join offloaded weights
             latents = sample(family, [prompt], negative_prompt, frames, height, width, steps, cfg, generator, image,
                              callback=lambda done, total: bar.update_absolute(done, total))
-        video = family.decode(latents)[0]
+            video = family.decode(latents)[0]
         return io.NodeOutput(video.permute(0, 2, 3, 1).float().cpu(), family.fps)
 
 

@@ -240,10 +240,14 @@ def test_wan_pair_node_matches_comfyui_lora_loader(tmp_path):
 @pytest.mark.parametrize("loader", list(VIDEO_MODELS))
 def test_loader_lora_sampler_score_save(server, loader):
     folder, lora = VIDEO_MODELS[loader]
-    def sampler(model_link):
+    def sampler(model_link, memory="model offload"):
         return {"class_type": "VideoRewardSampler", "inputs": {
             "model": model_link, "prompt": "a red ball rolling across a field", "negative_prompt": "", "width": 32,
-            "height": 32, "frames": 9, "steps": 3, "cfg": 6.0, "seed": 43}}
+            "height": 32, "frames": 9, "steps": 3, "cfg": 6.0, "seed": 43, "memory": memory}}
+
+    def score(images_link):
+        return {"class_type": "VideoRewardScore", "inputs": {"images": images_link, "reward_model": ["5", 0], "prompt": "a red ball",
+                                                             "frames": "all", "frame_count": 1, "seed": 0}}
 
     graph = {
         "1": {"class_type": loader, "inputs": {"model": folder, "precision": "auto"}},
@@ -251,17 +255,20 @@ def test_loader_lora_sampler_score_save(server, loader):
         "3": sampler(["2", 0]),
         "4": sampler(["1", 0]),
         "5": _loader("HPS v2.1"),
-        "6": {"class_type": "VideoRewardScore", "inputs": {"images": ["3", 0], "reward_model": ["5", 0], "prompt": "a red ball",
-                                                             "frames": "all", "frame_count": 1, "seed": 0}},
-        "7": {"class_type": "VideoRewardScore", "inputs": {"images": ["4", 0], "reward_model": ["5", 0], "prompt": "a red ball",
-                                                             "frames": "all", "frame_count": 1, "seed": 0}},
+        "6": score(["3", 0]),
+        "7": score(["4", 0]),
         "8": {"class_type": "CreateVideo", "inputs": {"images": ["3", 0], "fps": ["3", 1]}},
         "9": {"class_type": "SaveVideo", "inputs": {"video": ["8", 0], "filename_prefix": f"video/{loader}", "format": "mp4", "codec": "h264"}},
+        "10": sampler(["2", 0], "full"),
+        "11": score(["10", 0]),
+        "12": sampler(["2", 0], "sequential offload"),
+        "13": score(["12", 0]),
     }
     entry = _run(server, graph, timeout=300)
     assert entry["status"]["status_str"] == "success", entry["status"]
     with_lora, base = entry["outputs"]["6"]["text"][0], entry["outputs"]["7"]["text"][0]
     assert len(re.findall(r"frame \d+:", with_lora)) == 9 and with_lora != base
+    assert entry["outputs"]["11"]["text"][0] == with_lora and entry["outputs"]["13"]["text"][0] == with_lora  # same frames in every memory mode
     videos = list((server["dirs"]["output"] / "video").glob(f"{loader}*.mp4"))
     assert len(videos) == 1 and videos[0].stat().st_size > 0
     wan_lora = _run(server, {**graph, "2": {**graph["2"], "inputs": {**graph["2"]["inputs"], "lora": "Wan2.2-Fun-A14B-InP-high-noise-HPS2.1.safetensors"}}})

@@ -1,4 +1,4 @@
-"""CogVideoX-Fun and EasyAnimate: loading from the published folder layouts, the sampler, gradients through chosen
+"""CogVideoX-Fun and EasyAnimate (V5 and V5.1): loading from the published folder layouts, the sampler, gradients through chosen
 steps, image-to-video conditioning and errors."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 
 from video_reward_lora.reward.files import ModelFileError
 from video_reward_lora.training.families.cogvideox import CogVideoXFun
-from video_reward_lora.training.families.easyanimate import EasyAnimate
-from video_reward_lora.training.families.tiny import write_cogvideox_fun, write_easyanimate
+from video_reward_lora.training.families.easyanimate import EasyAnimate, EasyAnimateV51
+from video_reward_lora.training.families.tiny import write_cogvideox_fun, write_easyanimate, write_easyanimate_v51
 from video_reward_lora.training.lora import adapters
 from video_reward_lora.training.lora.formats import Lora, LoraModule
 from video_reward_lora.training.lora.keymap import from_diffusers
@@ -25,6 +25,7 @@ WRITERS = {
     "cog-2b-sincos": (CogVideoXFun, lambda p: write_cogvideox_fun(p / "CogVideoX-Fun-V1.1-2b-InP")),
     "cog-5b-rope": (CogVideoXFun, lambda p: write_cogvideox_fun(p / "CogVideoX-Fun-V1.1-5b-InP", rotary=True)),
     "easyanimate": (EasyAnimate, lambda p: write_easyanimate(p / "EasyAnimateV5-7b-zh-InP")),
+    "easyanimate-v5.1": (EasyAnimate, lambda p: write_easyanimate_v51(p / "EasyAnimateV5.1-7b-zh-InP")),
 }
 EA_RENAMES = {".attn2.to_q.": ".attn1.add_q_proj.", ".attn2.to_k.": ".attn1.add_k_proj.", ".attn2.to_v.": ".attn1.add_v_proj.",
               ".attn2.to_out.0.": ".attn1.to_add_out.", ".attn2.norm_q.": ".attn1.norm_added_q.", ".attn2.norm_k.": ".attn1.norm_added_k."}
@@ -171,3 +172,87 @@ def test_bad_folders(model, tmp_path):
         family_cls.load(wrong)
     with pytest.raises(ValueError, match="frames must be 4k\\+1"):
         sample(family_cls.load(model), ["x"], frames=8, height=32, width=32, steps=1)
+
+
+@pytest.fixture(scope="module")
+def v51_folder(tmp_path_factory) -> Path:
+    return write_easyanimate_v51(tmp_path_factory.mktemp("v51") / "EasyAnimateV5-7b-zh-InP")  # a V5 name: the contents decide
+
+
+def test_easyanimate_version_comes_from_the_folder_contents(v51_folder, tmp_path):
+    from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+    v51 = EasyAnimate.load(v51_folder, dtype=torch.float32)
+    assert isinstance(v51, EasyAnimateV51) and isinstance(v51.new_scheduler(), FlowMatchEulerDiscreteScheduler)
+    assert list(v51.text_encoders) == ["qwen"]
+    v5 = EasyAnimate.load(write_easyanimate(tmp_path / "EasyAnimateV5.1-7b-zh-InP"), dtype=torch.float32)
+    assert type(v5) is EasyAnimate and type(v5.new_scheduler()) is DDIMScheduler
+    assert list(v5.text_encoders) == ["bert", "t5"]
+    odd = tmp_path / "odd"
+    shutil.copytree(v51_folder, odd)
+    config = json.loads((odd / "text_encoder" / "config.json").read_text())
+    (odd / "text_encoder" / "config.json").write_text(json.dumps({**config, "model_type": "t5"}))
+    with pytest.raises(ModelFileError, match="text_encoder holds a t5 model; EasyAnimate V5 has Bert"):
+        EasyAnimate.load(odd)
+    (odd / "text_encoder" / "config.json").write_text(json.dumps(config))
+    tokenizer_config = json.loads((odd / "tokenizer" / "tokenizer_config.json").read_text())
+    del tokenizer_config["chat_template"]
+    (odd / "tokenizer" / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    with pytest.raises(ModelFileError, match="has no chat template"):
+        EasyAnimate.load(odd)
+
+
+def test_easyanimate_v51_samples_with_dynamically_shifted_flow_matching(v51_folder):
+    """Sigmas shifted with mu=1 as upstream sets them (e / (e + 1/s - 1)), and plain Euler steps x += (s' - s) v."""
+    import math
+
+    family = EasyAnimate.load(v51_folder, dtype=torch.float32)
+    scheduler = family.schedule(3)
+    linear = torch.linspace(1.0, 0.001, 3)
+    expected = math.e / (math.e + 1 / linear - 1)
+    assert torch.allclose(scheduler.sigmas, torch.cat([expected, torch.zeros(1)]), atol=1e-6)
+    assert torch.allclose(scheduler.timesteps, expected * 1000, atol=1e-3)
+    latents = sample(family, ["a red ball"], steps=3, guidance=6.0, generator=torch.Generator().manual_seed(3), **SIZE)
+    x = family.init_latents(1, 9, 32, 32, torch.Generator().manual_seed(3))
+    text = family.encode([""]).cat(family.encode(["a red ball"]))
+    condition = family.conditioning(torch.cat([x] * 2), None)
+    sigmas = scheduler.sigmas
+    with torch.no_grad():
+        for i, t in enumerate(scheduler.timesteps):
+            negative, positive = family.predict(torch.cat([x] * 2), t, text, condition).chunk(2)
+            x = x + (sigmas[i + 1] - sigmas[i]) * (negative + 6.0 * (positive - negative))
+    assert torch.allclose(latents, x, atol=1e-5)
+
+
+def test_easyanimate_v51_text_is_the_qwen2_state_entering_the_last_layer(v51_folder):
+    """The chat-formatted prompt, padded on the right to 256 tokens, through a plain Qwen2 model holding all but the
+    last decoder layer (and no final norm), with pads at rotary position 1."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2Model
+
+    family = EasyAnimate.load(v51_folder, dtype=torch.float32)
+    ours = family.encode(["a red ball"]).tensors["embeds"]
+    config = json.loads((v51_folder / "text_encoder" / "config.json").read_text())
+    layers = config["num_hidden_layers"] - 1
+    reference = Qwen2Model(Qwen2Config(
+        vocab_size=config["vocab_size"], hidden_size=config["hidden_size"], intermediate_size=config["intermediate_size"],
+        num_hidden_layers=layers, num_attention_heads=config["num_attention_heads"],
+        num_key_value_heads=config["num_key_value_heads"], rms_norm_eps=config["rms_norm_eps"],
+        rope_parameters={"rope_type": "default", "rope_theta": config["rope_theta"]})).eval()
+    reference.norm = torch.nn.Identity()
+    weights = load_file(v51_folder / "text_encoder" / "model.safetensors")
+    kept = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.") and k != "model.norm.weight"
+            and not k.startswith(f"model.layers.{layers}.")}
+    reference.load_state_dict(kept, strict=True)
+    tokenizer = AutoTokenizer.from_pretrained(v51_folder / "tokenizer")
+    chat = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\na red ball<|im_end|>\n"
+            "<|im_start|>assistant\n")
+    inputs = tokenizer(chat, padding="max_length", max_length=256, padding_side="right", return_tensors="pt")
+    mask = inputs.attention_mask
+    assert 0 < mask.sum() < 256
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    with torch.no_grad():
+        expected = reference(input_ids=inputs.input_ids, attention_mask=mask, position_ids=positions).last_hidden_state
+    assert ours.shape == (1, 256, config["hidden_size"])
+    assert torch.allclose(ours, expected, atol=1e-5)
+    assert not torch.allclose(family.encode(["a blue sky"]).tensors["embeds"], ours, atol=1e-3)

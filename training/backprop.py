@@ -86,8 +86,7 @@ class RewardBackprop:
         """Sampler step indices that keep gradients, drawn among the steps the trained transformer runs (for Wan2.2,
         the trained expert's steps, as VideoX-Fun counts them)."""
         c = self.config
-        scheduler = self.family.new_scheduler()
-        scheduler.set_timesteps(c.steps)
+        scheduler = self.family.schedule(c.steps)
         mine = [i for i, t in enumerate(scheduler.timesteps) if self.family.expert(t) == self.expert]
         if not mine:
             raise ValueError(f"with {c.steps} steps the {self.expert} transformer runs no step; use more steps")

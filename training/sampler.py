@@ -35,8 +35,7 @@ def sample(
     `stop_input_gradient` (DRTune) detaches the transformer's input on the grad steps, so a step's gradient flows
     through its own prediction only. `callback(step, steps)` runs after every step (progress, cancellation)."""
     family.check_size(frames, height, width)
-    scheduler = family.new_scheduler()
-    scheduler.set_timesteps(steps, device=family.device)
+    scheduler = family.schedule(steps, family.device)
     guided = guidance > 1.0
     text = family.encode(prompts)
     if guided:

@@ -26,8 +26,7 @@ FRAMES = 17
 
 def seeds_sample(family, prompts, steps, guidance, generator, chosen):
     """The seeds' loop: autograd on at every step; outputs detached outside the chosen steps."""
-    scheduler = family.new_scheduler()
-    scheduler.set_timesteps(steps, device=family.device)
+    scheduler = family.schedule(steps, family.device)
     text = family.encode([""] * len(prompts)).cat(family.encode(prompts))
     latents = family.init_latents(len(prompts), FRAMES, HEIGHT, WIDTH, generator) * getattr(scheduler, "init_noise_sigma", 1.0)
     condition = torch.cat([family.conditioning(latents, None)] * 2)

@@ -53,6 +53,12 @@ class VideoFamily(ABC):
     def new_scheduler(self) -> Any:
         """A fresh scheduler (they keep per-run state)."""
 
+    def schedule(self, steps: int, device: torch.device | None = None) -> Any:
+        """A fresh scheduler with its timesteps set for `steps` denoising steps."""
+        scheduler = self.new_scheduler()
+        scheduler.set_timesteps(steps, device=device)
+        return scheduler
+
     @abstractmethod
     def _encode(self, prompts: list[str]) -> TextEmbeddings:
         """Embeddings of `prompts`, computed by the text encoder(s)."""

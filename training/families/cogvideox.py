@@ -75,15 +75,16 @@ class CogVideoXFun(VideoFamily):
         encoder = self.text_encoders["t5"]
         ids = self.tokenizer(prompts, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
                              add_special_tokens=True, return_tensors="pt").input_ids
-        return TextEmbeddings({"embeds": encoder(ids.to(encoder.device))[0]})
+        return TextEmbeddings({"embeds": encoder(ids.to(self.device))[0]})
 
     def conditioning(self, latents: torch.Tensor, start_image: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
         batch, frames, _, height, width = latents.shape
         if start_image is None:
             return latents.new_zeros(batch, frames, LATENT_CHANNELS + 1, height, width)
         check_start_image(start_image, height * self.spatial_scale, width * self.spatial_scale)
-        condition = start_image_latents(self.vae, start_image, frames, self.temporal_scale, self.add_image_noise, generator, self.dtype)
-        return condition.permute(0, 2, 1, 3, 4).to(self.device)
+        condition = start_image_latents(self.vae, start_image, frames, self.temporal_scale, self.add_image_noise, generator,
+                                        self.dtype, self.device)
+        return condition.permute(0, 2, 1, 3, 4)
 
     def _rotary(self, frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         if not self.transformer.config.use_rotary_positional_embeddings:

@@ -20,9 +20,9 @@ def start_image_latents(
     add_noise: bool,
     generator: torch.Generator | None,
     dtype: torch.dtype,
+    device: torch.device,
 ) -> torch.Tensor:
-    """`[B, 17, T, h, w]` conditioning that keeps `start_image` (`[B,3,H,W]` in 0..1) as the first frame."""
-    device = next(vae.parameters()).device
+    """`[B, 17, T, h, w]` conditioning on `device` that keeps `start_image` (`[B,3,H,W]` in 0..1) as the first frame."""
     image = start_image.to(device, torch.float32) * 2 - 1
     batch, _, height, width = image.shape
     if add_noise:

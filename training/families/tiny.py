@@ -72,29 +72,62 @@ def write_bert_tokenizer(folder: Path) -> int:
     return len(vocab)
 
 
-def write_easyanimate(folder: Path, seed: int = 0) -> Path:
-    """An EasyAnimate V5 zh-InP folder: transformer under the original weight names (text stream in attn2), with
-    the upstream-only config keys the published config.json carries."""
-    from diffusers import AutoencoderKLMagvit, DDIMScheduler, EasyAnimateTransformer3DModel
+QWEN2_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# Qwen2's chat format: a default system turn, then `<|im_start|>{role}\n{text}<|im_end|>\n` per message, text parts of
+# list contents joined, and the assistant header as the generation prompt
+QWEN2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def write_qwen2_tokenizer(folder: Path) -> int:
+    """A small byte-level BPE (Qwen2) tokenizer folder with Qwen2's special tokens and chat format; returns its
+    vocabulary size."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    merges = []
+    for word in T5_WORDS:  # " word" (Ġ is the byte-level space) as one token, merged left to right
+        piece = "Ġ"
+        for char in word:
+            if piece + char not in vocab:
+                merges.append((piece, char))
+                vocab[piece + char] = len(vocab)
+            piece += char
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in QWEN2_SPECIAL])
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "Qwen2Tokenizer", "model_max_length": 32768, "pad_token": "<|endoftext|>",
+        "eos_token": "<|im_end|>", "bos_token": None, "unk_token": None, "chat_template": QWEN2_CHAT_TEMPLATE,
+    }, indent=2))
+    return tokenizer.get_vocab_size()
+
+
+def _write_easyanimate_transformer_and_vae(folder: Path, seed: int, **text_stream) -> None:
+    """The transformer under the original weight names (text stream in attn2), with the upstream-only config keys
+    the published config.json carries, and the Magvit VAE."""
+    from diffusers import AutoencoderKLMagvit, EasyAnimateTransformer3DModel
     from safetensors.torch import save_file
-    from transformers import BertConfig, BertModel, T5Config, T5EncoderModel
 
     from .easyanimate import RENAMES
 
-    bert_vocab = write_bert_tokenizer(folder / "tokenizer")
-    t5_vocab = write_t5_tokenizer(folder / "tokenizer_2", max_length=256)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         transformer = EasyAnimateTransformer3DModel(
             num_attention_heads=2, attention_head_dim=16, in_channels=33, out_channels=16, patch_size=2, num_layers=2,
-            mmdit_layers=2, text_embed_dim=24, text_embed_dim_t5=32, time_embed_dim=16, time_position_encoding_type="3d_rope",
-            after_norm=False, resize_inpaint_mask_directly=True, enable_text_attention_mask=False, add_noise_in_inpaint_model=True,
+            mmdit_layers=2, time_embed_dim=16, time_position_encoding_type="3d_rope", after_norm=False,
+            resize_inpaint_mask_directly=True, add_noise_in_inpaint_model=True, **text_stream,
         )
         vae = AutoencoderKLMagvit(block_out_channels=(16, 16, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=16)
-        bert = BertModel(BertConfig(vocab_size=bert_vocab, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
-                                    intermediate_size=48, max_position_embeddings=80))
-        t5 = T5EncoderModel(T5Config(vocab_size=t5_vocab, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
-                                     pad_token_id=0, eos_token_id=1))
     state = {}
     for key, value in transformer.state_dict().items():
         for original, diffusers_name in RENAMES.items():
@@ -106,7 +139,53 @@ def write_easyanimate(folder: Path, seed: int = 0) -> Path:
               "clip_channels": None, "ref_channels": None, "enable_clip_in_inpaint": False}
     (folder / "transformer" / "config.json").write_text(json.dumps(config, indent=2))
     vae.save_pretrained(folder / "vae")
+
+
+def write_easyanimate(folder: Path, seed: int = 0) -> Path:
+    """An EasyAnimate V5 zh-InP folder: Bert and T5 text encoders, DDIM scheduler."""
+    from diffusers import DDIMScheduler
+    from transformers import BertConfig, BertModel, T5Config, T5EncoderModel
+
+    bert_vocab = write_bert_tokenizer(folder / "tokenizer")
+    t5_vocab = write_t5_tokenizer(folder / "tokenizer_2", max_length=256)
+    _write_easyanimate_transformer_and_vae(folder, seed, text_embed_dim=24, text_embed_dim_t5=32, enable_text_attention_mask=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        bert = BertModel(BertConfig(vocab_size=bert_vocab, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=48, max_position_embeddings=80))
+        t5 = T5EncoderModel(T5Config(vocab_size=t5_vocab, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+                                     pad_token_id=0, eos_token_id=1))
     bert.save_pretrained(folder / "text_encoder")
     t5.save_pretrained(folder / "text_encoder_2")
     DDIMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", clip_sample=False, steps_offset=1).save_config(folder / "scheduler")
+    return folder
+
+
+def write_easyanimate_v51(folder: Path, seed: int = 0) -> Path:
+    """An EasyAnimate V5.1 zh-InP folder: one Qwen2-VL text encoder (weights as transformers saves them, with the
+    flat config.json of the published Qwen2-VL folders), a normed text projection, a dynamically shifting
+    flow-matching scheduler."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    vocab = write_qwen2_tokenizer(folder / "tokenizer")
+    hidden = 32
+    _write_easyanimate_transformer_and_vae(folder, seed, add_norm_text_encoder=True, text_embed_dim=hidden,
+                                           text_embed_dim_t5=None, enable_text_attention_mask=True)
+    config = {
+        "architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl", "vocab_size": vocab,
+        "hidden_size": hidden, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "hidden_act": "silu", "max_position_embeddings": 512, "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0, "rope_scaling": {"type": "mrope", "mrope_section": [2, 1, 1]},
+        "use_sliding_window": False, "sliding_window": 512, "max_window_layers": 2, "attention_dropout": 0.0,
+        "tie_word_embeddings": False, "bos_token_id": vocab - 3, "eos_token_id": vocab - 1, "torch_dtype": "float32",
+        "vision_config": {"depth": 1, "embed_dim": 16, "mlp_ratio": 2, "num_heads": 2, "in_chans": 3, "hidden_size": hidden,
+                          "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
+    }
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        qwen = Qwen2VLForConditionalGeneration(Qwen2VLConfig(**config))
+    qwen.save_pretrained(folder / "text_encoder")
+    (folder / "text_encoder" / "config.json").write_text(json.dumps(config, indent=2))
+    FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15).save_config(folder / "scheduler")
     return folder
