@@ -1,0 +1,140 @@
+"""The shipped workflows check out against ComfyUI's and the pack's node schemas, and each API twin is its UI file."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from workflow_check import (
+    API_WORKFLOWS, CONTROL, UPLOAD, WORKFLOWS, check_api, check_ui, load_schemas, model_files, ui_to_api, widget_slots,
+)
+
+SCHEMAS = load_schemas()
+NAMES = sorted(path.stem for path in WORKFLOWS.glob("*.json"))
+
+
+def ui(name: str) -> dict:
+    return json.loads((WORKFLOWS / f"{name}.json").read_text())
+
+
+def api(name: str) -> dict:
+    return json.loads((API_WORKFLOWS / f"{name}.json").read_text())
+
+
+def test_every_journey_ships_as_a_ui_file_with_an_api_twin():
+    assert len(NAMES) >= 7
+    assert sorted(path.stem for path in API_WORKFLOWS.glob("*.json")) == NAMES
+    for name in NAMES:
+        graph = ui(name)
+        assert {"nodes", "links", "version", "last_node_id", "last_link_id"} <= set(graph), name
+        assert all("class_type" in node for node in api(name).values()), name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_file_checks_out(name):
+    assert check_ui(ui(name), SCHEMAS) == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_api_twin_is_the_ui_graph_and_checks_out(name):
+    assert api(name) == ui_to_api(ui(name), SCHEMAS)
+    assert check_api(api(name), SCHEMAS) == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_note_says_what_to_download_and_where(name):
+    notes = [n["widgets_values"][0] for n in ui(name)["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+    assert len(notes) == 1
+    files = {(folder, file) for folder, file in model_files(api(name), SCHEMAS) if folder != "input"}
+    assert files
+    for folder, file in files:
+        assert file in notes[0] and f"models/{folder}/" in notes[0], (folder, file)
+    if any(node["class_type"] == "VideoRewardModelLoader" for node in api(name).values()):
+        assert "HPS_v2.1_compressed.pt" in notes[0] and "models/reward_models/" in notes[0]
+
+
+def _nodes(graph: dict, class_type: str) -> list[dict]:
+    return [node["inputs"] for node in graph.values() if node["class_type"] == class_type]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_seeds_settings(name):
+    graph = api(name)
+    for pair in _nodes(graph, "WanRewardLoraPair"):
+        assert pair["strength_high"] == pair["strength_low"] == 0.7
+        assert "high-noise" in pair["lora_high"] and "low-noise" in pair["lora_low"]
+    for lora in _nodes(graph, "VideoModelRewardLora"):
+        assert lora["strength"] == 0.7
+    for sampler in _nodes(graph, "VideoRewardSampler"):
+        assert (sampler["frames"], sampler["width"], sampler["height"], sampler["steps"], sampler["cfg"]) == (49, 512, 512, 50, 7.0)
+    samplers = _nodes(graph, "KSamplerAdvanced")
+    if samplers:
+        high, low = sorted(samplers, key=lambda s: s["start_at_step"])
+        assert (high["add_noise"], high["return_with_leftover_noise"], low["add_noise"], low["return_with_leftover_noise"]) == (
+            "enable", "enable", "disable", "disable")
+        assert high["steps"] == low["steps"] and high["start_at_step"] == 0 and high["end_at_step"] == low["start_at_step"]
+        assert low["latent_image"][0] == next(k for k, v in graph.items() if v["inputs"] is high)
+    if samplers or _nodes(graph, "VideoRewardSampler"):  # a video is made: it is scored and saved
+        assert _nodes(graph, "SaveVideo") and (_nodes(graph, "VideoRewardScore") or _nodes(graph, "VideoRewardRank"))
+
+
+def test_widget_order_follows_the_frontend():
+    slots = lambda node: [name for name, _ in widget_slots(SCHEMAS[node])]  # noqa: E731
+    assert slots("KSamplerAdvanced")[:3] == ["add_noise", "noise_seed", CONTROL]
+    assert slots("LoadImage") == ["image", UPLOAD]
+    assert slots("PrimitiveInt") == ["value", CONTROL]
+    # an INT named seed gets the control widget unless its schema says otherwise
+    assert slots("VideoRewardScore") == ["prompt", "frames", "frame_count", "seed", CONTROL]
+    sampler = slots("VideoRewardSampler")
+    assert sampler[sampler.index("seed") + 1] == CONTROL and "start_image" not in sampler
+
+
+def _break(graph: dict, node_type: str, change) -> dict:
+    graph = copy.deepcopy(graph)
+    change(next(node for node in graph["nodes"] if node["type"] == node_type), graph)
+    return graph
+
+
+def _set_widget(name: str, value):
+    def change(node, _graph):
+        node["widgets_values"][[slot for slot, _ in widget_slots(SCHEMAS[node["type"]])].index(name)] = value
+    return change
+
+
+@pytest.mark.parametrize("node_type,change,message", [
+    ("KSamplerAdvanced", _set_widget("steps", 0), "below the minimum 1"),
+    ("EmptyHunyuanLatentVideo", _set_widget("length", 80), "not on the widget's grid (1 + k*4)"),
+    ("ModelSamplingSD3", _set_widget("shift", 8.005), "not a multiple of the widget's rounding 0.01"),
+    ("KSamplerAdvanced", _set_widget("sampler_name", "euler_fast"), "'euler_fast' not in"),
+    ("KSamplerAdvanced", _set_widget(CONTROL, "sometimes"), "control_after_generate 'sometimes'"),
+    ("UNETLoader", _set_widget("unet_name", "wan2.2_high.gguf"), "is not a .bin/.ckpt"),
+    ("WanRewardLoraPair", _set_widget("strength_high", "0.7"), "'0.7' is not FLOAT"),
+    ("VAEDecode", lambda node, graph: node["inputs"][1].update(link=None), "required input 'vae' is not connected"),
+    ("VAEDecode", lambda node, graph: node.update(type="VAEDecodeTiled2"), "unknown node type"),
+    ("CreateVideo", lambda node, graph: node["widgets_values"].append(3), "2 widget values for widgets ['fps']"),
+    ("VAEDecode", lambda node, graph: next(l for l in graph["links"] if l[0] == node["inputs"][1]["link"]).__setitem__(5, "IMAGE"),
+     "carries IMAGE (VAE from node"),
+])
+def test_checker_catches_broken_ui_graphs(node_type, change, message):
+    errors = check_ui(_break(ui("wan2.2_a14b_t2v_reward_lora"), node_type, change), SCHEMAS)
+    assert any(message in error for error in errors), errors
+
+
+def test_checker_catches_broken_api_graphs():
+    graph = api("compare_base_vs_reward_lora")
+    sampler = next(k for k, v in graph.items() if v["class_type"] == "VideoRewardSampler")
+    score = next(k for k, v in graph.items() if v["class_type"] == "VideoRewardScore")
+    broken = copy.deepcopy(graph)
+    broken[sampler]["inputs"]["frames"] = 50
+    broken[sampler]["inputs"]["cfg"] = 31.0
+    broken[score]["inputs"]["images"] = [graph[score]["inputs"]["reward_model"][0], 0]
+    del broken[score]["inputs"]["prompt"]
+    broken[score]["inputs"]["stride"] = 2
+    errors = check_api(broken, SCHEMAS)
+    assert len(errors) == 5, errors
+    assert any("50 is not on the widget's grid (1 + k*4)" in e for e in errors)
+    assert any("31.0 is above the maximum 30.0" in e for e in errors)
+    assert any("REWARD_MODEL from node" in e and "into IMAGE" in e for e in errors)
+    assert any("required input 'prompt' is missing" in e for e in errors)
+    assert any("no input named 'stride'" in e for e in errors)

@@ -1,0 +1,237 @@
+"""Every shipped workflow runs in a real ComfyUI (COMFYUI_PATH set; skipped otherwise) on the CPU.
+
+Tiny models are written under the official file names the workflows pick; each run shrinks sizes and steps with
+widget overrides, leaving the graph as shipped. Also: the committed pack schema dump equals the live schemas, the
+UI files appear in ComfyUI's template list, and comfy-cli (`comfy`, from COMFY_CLI or PATH) converts and runs the UI files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from comfyui_server import PACK_NAME, PACK_ROOT, comfyui_server
+from workflow_check import API_WORKFLOWS, WORKFLOWS, load_schemas, model_files, set_widgets
+
+COMFYUI = os.environ.get("COMFYUI_PATH")
+pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set")
+SCHEMAS = load_schemas()
+NAMES = sorted(path.stem for path in WORKFLOWS.glob("*.json"))
+SCRIPTS = PACK_ROOT / "tests" / "comfyui_scripts"
+WAN_LORAS = {"high": "Wan2.2-Fun-A14B-InP-high-noise-HPS2.1.safetensors", "low": "Wan2.2-Fun-A14B-InP-low-noise-HPS2.1.safetensors"}
+UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+VIDEO_MODELS = {  # folder/name: (writer, reward LoRA name)
+    "CogVideoX_Fun/CogVideoX-Fun-V1.1-5b-InP": ("write_cogvideox_fun", "CogVideoX-Fun-V1.1-5b-InP-HPS2.1.safetensors"),
+    "EasyAnimate/EasyAnimateV5-12b-zh-InP": ("write_easyanimate", "EasyAnimateV5-12b-zh-InP-HPS2.1.safetensors"),
+}
+FOLDERS = ("diffusion_models", "vae", "text_encoders", "loras", "CogVideoX_Fun", "EasyAnimate")
+
+
+def _random_lora(family: str, shapes: dict[str, tuple[int, int]], path: Path, seed: int, scale: float = 0.1) -> None:
+    """A rank-4 reward LoRA in the published format over the given modules (name: (out, in))."""
+    import torch
+
+    from video_reward_lora.training.lora.formats import Lora, LoraModule, write_lora
+
+    generator = torch.Generator().manual_seed(seed)
+    modules = {name: LoraModule(torch.randn(4, fan_in, generator=generator), torch.randn(fan_out, 4, generator=generator) * scale, 2.0)
+               for name, (fan_out, fan_in) in shapes.items()}
+    write_lora(Lora(family, modules), path, "videox")
+
+
+def _write_wan(models: Path) -> None:
+    """Both Wan2.2 A14B pairs (T2V, Fun InP) and the VAE as Comfy-Org ships them (fp8 scaled), the text encoder in the
+    tiny umt5 shape the test pack tiny_umt5 makes ComfyUI build, and reward LoRAs for the experts (no FFN, as published)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from video_reward_lora.training.families.tiny_wan import expert_shapes, spiece_model, write_wan22
+
+    for fun_inpaint in (False, True):
+        write_wan22(models, fun_inpaint=fun_inpaint, fp8_scaled=True)
+    config = json.loads((SCRIPTS / "tiny_umt5" / "config.json").read_text())
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        encoder = UMT5EncoderModel(UMT5Config(
+            vocab_size=config["vocab_size"], d_model=config["d_model"], d_kv=config["d_kv"], d_ff=config["d_ff"],
+            num_layers=config["num_layers"], num_heads=config["num_heads"], feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1))
+    state = {k: v for k, v in encoder.state_dict().items() if k != "encoder.embed_tokens.weight"}  # ComfyUI keeps `shared` only
+    save_file({**state, "spiece_model": torch.frombuffer(bytearray(spiece_model()), dtype=torch.uint8)}, models / "text_encoders" / UMT5)
+    linears = {key.removesuffix(".weight"): shape for key, shape in expert_shapes(16).items()
+               if key.endswith(".weight") and len(shape) == 2 and ".ffn." not in key}
+    for seed, name in enumerate(WAN_LORAS.values()):
+        _random_lora("wan", linears, models / "loras" / name, seed)
+
+
+def _write_video_model(models: Path, relative: str, writer: str, lora_name: str) -> None:
+    """A tiny pack-loaded model folder under its official name, and a reward LoRA covering all its Linear layers."""
+    import torch
+
+    from video_reward_lora.training.families import tiny
+    from video_reward_lora.training.families.cogvideox import CogVideoXFun
+    from video_reward_lora.training.families.easyanimate import EasyAnimate
+    from video_reward_lora.training.lora.keymap import from_diffusers
+
+    folder = models / relative
+    if writer == "write_cogvideox_fun":
+        family = CogVideoXFun.load(tiny.write_cogvideox_fun(folder, rotary=True))  # the 5B style
+    else:
+        family = EasyAnimate.load(tiny.write_easyanimate(folder))
+    linears = {from_diffusers(family.lora_family, name): (layer.out_features, layer.in_features)
+               for name, layer in family.transformer.named_modules()
+               if isinstance(layer, torch.nn.Linear) and from_diffusers(family.lora_family, name)}
+    _random_lora(family.lora_family, linears, models / "loras" / lora_name, 0, scale=0.2)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("workflow_models")
+    _write_wan(root)
+    for relative, (writer, lora) in VIDEO_MODELS.items():
+        _write_video_model(root, relative, writer, lora)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(models: Path, reward_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("comfyui_workflows")
+    folders = {name: models / name for name in FOLDERS}
+    with comfyui_server(COMFYUI, work, {PACK_NAME: PACK_ROOT, "tiny_umt5": SCRIPTS / "tiny_umt5"},
+                        {**folders, "reward_models": reward_root}) as running:
+        from PIL import Image
+
+        Image.new("RGB", (48, 40), (240, 200, 60)).save(running.dirs["input"] / "example.png")
+        yield running
+
+
+def tiny_overrides(api: dict) -> dict[str, dict]:
+    """Widget values that make a workflow CPU-sized: 32x32 pixels, 5 (Wan) or 9 frames, 4 or 3 steps, 2 candidates."""
+    frames_from = {link[0] for node in api.values() if node["class_type"] == "EmptyHunyuanLatentVideo"
+                   for name, link in node["inputs"].items() if name == "length" and isinstance(link, list)}
+    changes: dict[str, dict] = {}
+    for node_id, node in api.items():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "EmptyHunyuanLatentVideo":
+            changes[node_id] = {"width": 32, "height": 32, "length": 5, "batch_size": min(inputs["batch_size"], 2)}
+        elif kind == "WanFunInpaintToVideo":
+            changes[node_id] = {"width": 32, "height": 32, "length": 5}
+        elif kind == "KSamplerAdvanced":
+            changes[node_id] = {"steps": 4, **({"end_at_step": 2} if inputs["start_at_step"] == 0 else {"start_at_step": 2})}
+        elif kind == "VideoRewardSampler":
+            changes[node_id] = {"width": 32, "height": 32, "frames": 9, "steps": 3}
+        elif kind == "VideoRewardRank" and not isinstance(inputs["frames_per_video"], list):
+            changes[node_id] = {"frames_per_video": 5}
+        elif node_id in frames_from:
+            changes[node_id] = {"value": 5}
+    return changes
+
+
+def mp4_video(path: Path) -> tuple[int, int, int]:
+    """(width, height, frames) of a single-track mp4: tkhd's 16.16 width/height, stsz's sample count."""
+    data = path.read_bytes()
+    tkhd = data.index(b"tkhd")
+    size = struct.unpack(">I", data[tkhd - 4:tkhd])[0]
+    width, height = struct.unpack(">II", data[tkhd - 4 + size - 8:tkhd - 4 + size])
+    stsz = data.index(b"stsz")
+    frames = struct.unpack(">I", data[stsz + 12:stsz + 16])[0]
+    return width >> 16, height >> 16, frames
+
+
+def expected_video(name: str, api: dict) -> tuple[int, int, int]:
+    """(width, height, frames) of the saved video at the tiny sizes (the comparison stitches two with 16 px between)."""
+    frames = 5 if any(node["class_type"] == "KSamplerAdvanced" for node in api.values()) else 9
+    return (32 * 2 + 16 if name.startswith("compare") else 32), 32, frames
+
+
+def _outputs(entry: dict, api: dict, class_type: str) -> list[dict]:
+    return [entry["outputs"][node_id] for node_id, node in api.items() if node["class_type"] == class_type]
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def name(request: pytest.FixtureRequest) -> str:
+    """One workflow; module scope groups each workflow's tests, so the comfy-cli run reuses the API run's cached nodes."""
+    return request.param
+
+
+def _runnable(api: dict) -> None:
+    if any(node["class_type"] == "TrainRewardLoRA" for node in api.values()):
+        pytest.skip("training workflows start jobs; their runs are tested with the training nodes")
+
+
+def test_api_workflow_runs(server, models, name):
+    api = json.loads((API_WORKFLOWS / f"{name}.json").read_text())
+    _runnable(api)
+    provided = {(folder, str(p.relative_to(models / folder))) for folder in FOLDERS for p in (models / folder).glob("*")}
+    assert model_files(api, SCHEMAS) - provided <= {("input", "example.png")}
+    entry = server.run(set_widgets(api, SCHEMAS, tiny_overrides(api)), timeout=600)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-3000:]
+    saved = [server.dirs["output"] / item["subfolder"] / item["filename"]
+             for out in _outputs(entry, api, "SaveVideo") for item in out["images"]]
+    assert len(saved) == 1 and saved[0].suffix == ".mp4"
+    assert mp4_video(saved[0]) == expected_video(name, api)
+    frames = expected_video(name, api)[2]
+    scores = [out["text"][0] for out in _outputs(entry, api, "VideoRewardScore")]
+    for text in scores:
+        assert text.startswith("video score:") and text.count("frame ") == frames, text
+    if name.startswith("compare"):
+        assert len(scores) == 2 and scores[0] != scores[1]
+    for out in _outputs(entry, api, "VideoRewardRank"):
+        ranking = out["text"][0].splitlines()
+        assert len(ranking) == 2 and ranking[0].startswith("#1: video "), ranking
+
+
+def test_committed_pack_schemas_are_live():
+    from comfyui_scripts.dump_pack_object_info import DUMP, dump_text, live_pack_schemas
+
+    assert dump_text(live_pack_schemas(COMFYUI)) == DUMP.read_text(), (
+        "tests/data/pack_object_info.json is stale: run tests/comfyui_scripts/dump_pack_object_info.py")
+
+
+def test_ui_workflows_are_comfyui_templates(server):
+    listed = server.get("/workflow_templates")
+    assert sorted(listed[PACK_NAME]) == NAMES
+    for name in NAMES:
+        served = server.get(f"/api/workflow_templates/{PACK_NAME}/{name}.json")
+        assert served == json.loads((WORKFLOWS / f"{name}.json").read_text())
+
+
+def _comfy_cli() -> str | None:
+    return os.environ.get("COMFY_CLI") or shutil.which("comfy")
+
+
+def _comfy(server, *args: str) -> subprocess.CompletedProcess:
+    host, port = server.base.removeprefix("http://").split(":")
+    home = server.dirs["user"] / "comfy-cli-home"  # comfy-cli keeps its settings under HOME
+    env = {**os.environ, "HOME": str(home), "COMFY_NO_WATCH": "1"}
+    subprocess.run([_comfy_cli(), "--skip-prompt", "tracking", "disable"], capture_output=True, env=env, timeout=60)
+    return subprocess.run([_comfy_cli(), "--skip-prompt", "run", "--host", host, "--port", port, *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.skipif(not _comfy_cli(), reason="comfy-cli is not installed (set COMFY_CLI or put `comfy` on PATH)")
+def test_comfy_cli_converts_and_runs_ui_workflow(server, name, tmp_path):
+    """comfy-cli turns the UI file into exactly the API twin, and runs it (tiny sizes, its own output name) to success."""
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    api = json.loads((API_WORKFLOWS / f"{name}.json").read_text())
+    printed = _comfy(server, "--workflow", str(WORKFLOWS / f"{name}.json"), "--print-prompt", "--json")
+    preview = next((json.loads(line) for line in printed.stdout.splitlines() if '"prompt_preview"' in line), None)
+    assert preview is not None, printed.stdout[-2000:] + printed.stderr[-2000:]
+    assert preview["prompt"] == api
+    _runnable(api)
+    changes = tiny_overrides(api)
+    for node_id, node in api.items():
+        if node["class_type"] == "SaveVideo":
+            changes[node_id] = {"filename_prefix": f"cli/{name}"}
+    tiny = tmp_path / f"{name}.json"
+    tiny.write_text(json.dumps(set_widgets(ui, SCHEMAS, changes)))
+    done = _comfy(server, "--workflow", str(tiny), "--wait", "--timeout", "600", "--json")
+    envelope = json.loads(done.stdout.strip().splitlines()[-1])
+    assert done.returncode == 0 and envelope["ok"], done.stdout[-3000:] + done.stderr[-3000:]
+    videos = list((server.dirs["output"] / "cli").glob(f"{name}_*.mp4"))
+    assert len(videos) == 1 and mp4_video(videos[0]) == expected_video(name, api)
