@@ -3,7 +3,7 @@
     python tests/benchmarks/bench_families.py [--size small|full] [--frames 49 --height 480 --width 720]
 
 `small` builds the pack's tiny published-format models (CPU-friendly); `full` builds the full-size transformers
-(CogVideoX-Fun 2B, EasyAnimate V5 7B) with random weights on the GPU, bf16. Each step is timed with and without
+(CogVideoX-Fun 2B, EasyAnimate V5 7B, one Wan2.2 A14B expert) with random weights on the GPU, bf16. Each step is timed with and without
 autograd (the training case keeps the graph of one step); the ratio of the two is printed, plus peak memory.
 """
 from __future__ import annotations
@@ -19,12 +19,17 @@ import torch
 from video_reward_lora.training.families.cogvideox import CogVideoXFun
 from video_reward_lora.training.families.easyanimate import EasyAnimate
 from video_reward_lora.training.families.tiny import write_cogvideox_fun, write_easyanimate
+from video_reward_lora.training.families.tiny_wan import write_wan22
+from video_reward_lora.training.families.wan import Wan22
 
 FULL = {
     CogVideoXFun: dict(num_attention_heads=30, attention_head_dim=64, in_channels=33, out_channels=16, num_layers=30,
                        text_embed_dim=4096, time_embed_dim=512, use_rotary_positional_embeddings=False),
     EasyAnimate: dict(num_attention_heads=48, attention_head_dim=64, in_channels=33, out_channels=16, patch_size=2,
                       num_layers=36, mmdit_layers=18, text_embed_dim=1024, text_embed_dim_t5=2048, time_embed_dim=512),
+    Wan22: dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=36, out_channels=16,
+                text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads", eps=1e-6),
 }
 
 
@@ -46,13 +51,18 @@ def timed(device: torch.device, fn) -> float:
 
 def family_for(cls, size: str, device: torch.device, dtype: torch.dtype):
     folder = Path(tempfile.mkdtemp())
-    family = cls.load(write_cogvideox_fun(folder / "cog") if cls is CogVideoXFun else write_easyanimate(folder / "ea"), dtype, device)
+    if cls is Wan22:
+        family = Wan22.load(**write_wan22(folder / "wan"), dtype=dtype, device=device)
+    else:
+        family = cls.load(write_cogvideox_fun(folder / "cog") if cls is CogVideoXFun else write_easyanimate(folder / "ea"), dtype, device)
     if size == "full":
-        from diffusers import CogVideoXTransformer3DModel, EasyAnimateTransformer3DModel
+        from diffusers import CogVideoXTransformer3DModel, EasyAnimateTransformer3DModel, WanTransformer3DModel
 
-        model_cls = CogVideoXTransformer3DModel if cls is CogVideoXFun else EasyAnimateTransformer3DModel
+        model_cls = {CogVideoXFun: CogVideoXTransformer3DModel, EasyAnimate: EasyAnimateTransformer3DModel,
+                     Wan22: WanTransformer3DModel}[cls]
         with torch.device(device):
-            family.transformer = model_cls(**FULL[cls]).to(dtype).eval().requires_grad_(False)
+            full = model_cls(**FULL[cls]).to(dtype).eval().requires_grad_(False)
+        family.transformer = full  # Wan2.2: the low-noise expert, the one that runs at t=500
     return family
 
 
@@ -66,20 +76,20 @@ def main() -> None:
     device = torch.device("cuda" if args.size == "full" else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     print(f"{args.size} models, {args.frames} frames {args.width}x{args.height}, {device}, {dtype}")
-    for cls in (CogVideoXFun, EasyAnimate):
+    for cls in (CogVideoXFun, EasyAnimate, Wan22):
         family = family_for(cls, args.size, device, dtype)
         latents = family.init_latents(2, args.frames, args.height, args.width, torch.Generator().manual_seed(0))
-        text_width = family.transformer.config.text_embed_dim
         text = family.encode(["a red ball", ""])
         if args.size == "full":  # the tiny text encoders do not match the full-size transformer: random embeddings
-            text.tensors = {k: torch.randn(2, v.shape[1], text_width if k == "embeds" else family.transformer.config.text_embed_dim_t5,
-                                           device=device, dtype=dtype) for k, v in text.tensors.items()}
+            text.tensors = {k: torch.randn(2, v.shape[1], FULL[cls].get("text_dim", FULL[cls].get(
+                "text_embed_dim" if k == "embeds" else "text_embed_dim_t5")), device=device, dtype=dtype)
+                if v.is_floating_point() else v for k, v in text.tensors.items()}
         condition = family.conditioning(latents, None)
         t = torch.tensor([500.0], device=device)
         with torch.no_grad():
             family.predict(latents, t, text, condition)
             no_grad = timed(device, lambda: family.predict(latents, t, text, condition))
-        lora_like = next(family.transformer.parameters())
+        lora_like = next(family.transformers[family.expert(t)].parameters())
         lora_like.requires_grad_(True)
         with_grad = timed(device, lambda: family.predict(latents, t, text, condition).float().mean().backward())
         lora_like.requires_grad_(False)
