@@ -25,7 +25,8 @@ def _frame_inputs() -> list[io.Input]:
             tooltip="Which frames are scored: all, only the first, N evenly spaced (first and last included), or N at random.",
         ),
         io.Int.Input("frame_count", default=8, min=1, max=4096, tooltip="N for 'evenly' and 'random' frame selection."),
-        io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed for 'random' frame selection."),
+        io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
+                     tooltip="Seed for 'random' frame selection."),
     ]
 
 

@@ -161,13 +161,26 @@ class TrainRewardLoRA(io.ComfyNode):
                 io.Float.Input("alpha", default=defaults.alpha, min=0.1, max=2048.0, step=1.0, tooltip="LoRA alpha (seeds: 64)."),
                 io.Int.Input("train_steps", default=defaults.max_steps, min=1, max=1_000_000, tooltip="Optimizer steps."),
                 io.Int.Input("checkpoint_every", default=defaults.checkpoint_every, min=1, max=1_000_000, tooltip="Steps between checkpoints (cancel also saves one)."),
-                io.Int.Input("seed", default=defaults.seed, min=0, max=2**31 - 1, tooltip="Seed of the LoRA initialisation and of every step's noise and prompts."),
+                io.Int.Input("seed", default=defaults.seed, min=0, max=2**31 - 1, control_after_generate=False, tooltip="Seed of the LoRA initialisation and of every step's noise and prompts."),
                 io.Boolean.Input("gradient_checkpointing", default=defaults.gradient_checkpointing, tooltip="Recompute activations in backward (much less memory, ~30% slower)."),
                 io.String.Input("lora_name", default="my_reward_lora", tooltip="File name of the finished LoRA (models/loras/video_reward/<name>.safetensors)."),
             ],
             outputs=[io.String.Output(display_name="job_id", tooltip="Connect to Training Status or Cancel Training.")],
             hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, lora_name: str, **_) -> str | float:
+        """Queueing again re-runs the node when its job failed or was cancelled (so it resumes); otherwise the
+        cached job id stands."""
+        root = jobs_root()
+        name = Path(lora_name.strip()).name.removesuffix(".safetensors")
+        for path in sorted(root.glob("*/job.json")) if root.is_dir() else []:
+            job = Job(path.parent)
+            if Path(job.info().get("export_to") or "").name == f"{name}.safetensors":
+                state = job.status().get("state", "")
+                return time.time() if state in ("failed", "cancelled") else state
+        return name
 
     @classmethod
     def execute(cls, family: str, model_folder: str, wan_high: str, wan_low: str, wan_vae: str, wan_text_encoder: str,

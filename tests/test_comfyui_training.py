@@ -2,6 +2,7 @@
 Status reach finished, then load the trained LoRA in a second graph and sample with it."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -64,6 +65,22 @@ def test_train_watch_and_load_the_lora(tmp_path):
         clash = server.run({**_train_graph("tiny_cog"), "1": {**_train_graph("tiny_cog")["1"], "inputs": {
             **_train_graph("tiny_cog")["1"]["inputs"], "seed": 7}}})
         assert clash["status"]["status_str"] == "error" and "with other settings" in str(clash["status"]["messages"])
+
+        long = _train_graph("tiny_cog_long")
+        long["1"]["inputs"].update(train_steps=500, checkpoint_every=1000)
+        long_id = re.search(r"started training job (\S+)", server.run(long)["outputs"]["1"]["text"][0]).group(1)
+        cancel = {"3": {"class_type": "CancelRewardTraining", "inputs": {"job_id": long_id}}}
+        assert "cancel requested" in server.run(cancel)["outputs"]["3"]["text"][0]
+        job = tmp_path / "comfy" / "output" / "video_reward_jobs" / long_id
+        status = lambda: json.loads((job / "status.json").read_text())  # noqa: E731
+        deadline = time.time() + 120
+        while status()["state"] != "cancelled" and time.time() < deadline:
+            time.sleep(0.5)
+        assert status()["state"] == "cancelled" and "checkpoint saved" in status()["reason"]
+        resumed = server.run(long)  # queued again: the cancelled job resumes from its checkpoint
+        assert resumed["status"]["status_str"] == "success", resumed["status"]
+        assert f"started training job {long_id}" in resumed["outputs"]["1"]["text"][0]
+        server.run(cancel)
 
         use = {
             "1": {"class_type": "CogVideoXFunLoader", "inputs": {"model": MODEL, "precision": "auto"}},

@@ -77,6 +77,21 @@ def test_seeds_settings(name):
         assert low["latent_image"][0] == next(k for k, v in graph.items() if v["inputs"] is high)
     if samplers or _nodes(graph, "VideoRewardSampler"):  # a video is made: it is scored and saved
         assert _nodes(graph, "SaveVideo") and (_nodes(graph, "VideoRewardScore") or _nodes(graph, "VideoRewardRank"))
+    for train in _nodes(graph, "TrainRewardLoRA"):  # VideoX-Fun's launch script for the 2B model
+        assert (train["family"], train["model_folder"], train["reward"], train["reward_2"]) == (
+            "CogVideoX-Fun", "CogVideoX-Fun/CogVideoX-Fun-V1.1-2b-InP", "hps_v2.1", "none")
+        assert (train["rank"], train["alpha"], train["width"], train["height"], train["frames"], train["sampling_steps"]) == (
+            32, 16.0, 224, 224, 49, 50)
+        assert (train["strategy"], train["learning_rate"], train["cfg"], train["seed"], train["decoded_latents"]) == ("last", 1e-5, 6.0, 42, 1)
+        assert train["gradient_checkpointing"] is True and train["checkpoint_every"] == 100
+        assert len(train["prompts"].splitlines()) >= 5 and len(train["validation_prompts"].splitlines()) == 2
+    trainers = {k for k, v in graph.items() if v["class_type"] == "TrainRewardLoRA"}
+    for status_id, status in ((k, v["inputs"]) for k, v in graph.items() if v["class_type"] == "RewardTrainingStatus"):
+        assert status["job_id"][0] in trainers
+        shown = {tuple(node["inputs"].get("source") or node["inputs"]["images"]) for node in graph.values()
+                 if node["class_type"] in ("PreviewAny", "PreviewImage")}
+        assert {(status_id, 0), (status_id, 1), (status_id, 2)} <= shown  # status text, curves, samples
+    assert bool(trainers) == bool(_nodes(graph, "RewardTrainingStatus"))
 
 
 def test_widget_order_follows_the_frontend():
@@ -84,8 +99,9 @@ def test_widget_order_follows_the_frontend():
     assert slots("KSamplerAdvanced")[:3] == ["add_noise", "noise_seed", CONTROL]
     assert slots("LoadImage") == ["image", UPLOAD]
     assert slots("PrimitiveInt") == ["value", CONTROL]
-    # an INT named seed gets the control widget unless its schema says otherwise
-    assert slots("VideoRewardScore") == ["prompt", "frames", "frame_count", "seed", CONTROL]
+    # an INT named seed gets the control widget unless its schema says otherwise (the pack's scoring and training seeds do)
+    assert slots("VideoRewardScore") == ["prompt", "frames", "frame_count", "seed"]
+    assert slots("VideoRewardRank")[-1] == "seed" and slots("TrainRewardLoRA")[-3:] == ["seed", "gradient_checkpointing", "lora_name"]
     sampler = slots("VideoRewardSampler")
     assert sampler[sampler.index("seed") + 1] == CONTROL and "start_image" not in sampler
 
@@ -138,3 +154,12 @@ def test_checker_catches_broken_api_graphs():
     assert any("REWARD_MODEL from node" in e and "into IMAGE" in e for e in errors)
     assert any("required input 'prompt' is missing" in e for e in errors)
     assert any("no input named 'stride'" in e for e in errors)
+
+
+def test_training_model_folder_is_a_family_folder():
+    graph = api("train_reward_lora_and_watch_status")
+    assert model_files(graph, SCHEMAS) == {("CogVideoX_Fun", "CogVideoX-Fun-V1.1-2b-InP")}
+    train = next(k for k, v in graph.items() if v["class_type"] == "TrainRewardLoRA")
+    broken = copy.deepcopy(graph)
+    broken[train]["inputs"]["model_folder"] = "CogVideoX_Fun/CogVideoX-Fun-V1.1-2b-InP"  # the folder, not the family
+    assert any("is not '<family>/<folder>'" in e for e in check_api(broken, SCHEMAS))

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,7 @@ VIDEO_MODELS = {  # folder/name: (writer, reward LoRA name)
     "CogVideoX_Fun/CogVideoX-Fun-V1.1-5b-InP": ("write_cogvideox_fun", "CogVideoX-Fun-V1.1-5b-InP-HPS2.1.safetensors"),
     "EasyAnimate/EasyAnimateV5-12b-zh-InP": ("write_easyanimate", "EasyAnimateV5-12b-zh-InP-HPS2.1.safetensors"),
 }
+TRAINED_MODEL = "CogVideoX_Fun/CogVideoX-Fun-V1.1-2b-InP"  # the training workflow's model (2B style: no RoPE)
 FOLDERS = ("diffusion_models", "vae", "text_encoders", "loras", "CogVideoX_Fun", "EasyAnimate")
 
 
@@ -95,6 +98,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _write_wan(root)
     for relative, (writer, lora) in VIDEO_MODELS.items():
         _write_video_model(root, relative, writer, lora)
+    from video_reward_lora.training.families.tiny import write_cogvideox_fun
+
+    write_cogvideox_fun(root / TRAINED_MODEL)
     return root
 
 
@@ -111,7 +117,8 @@ def server(models: Path, reward_root: Path, tmp_path_factory: pytest.TempPathFac
 
 
 def tiny_overrides(api: dict) -> dict[str, dict]:
-    """Widget values that make a workflow CPU-sized: 32x32 pixels, 5 (Wan) or 9 frames, 4 or 3 steps, 2 candidates."""
+    """Widget values that make a workflow CPU-sized: 32x32 pixels, 5 (Wan) or 9 frames, 4 or 3 steps, 2 candidates,
+    3 training steps."""
     frames_from = {link[0] for node in api.values() if node["class_type"] == "EmptyHunyuanLatentVideo"
                    for name, link in node["inputs"].items() if name == "length" and isinstance(link, list)}
     changes: dict[str, dict] = {}
@@ -125,6 +132,8 @@ def tiny_overrides(api: dict) -> dict[str, dict]:
             changes[node_id] = {"steps": 4, **({"end_at_step": 2} if inputs["start_at_step"] == 0 else {"start_at_step": 2})}
         elif kind == "VideoRewardSampler":
             changes[node_id] = {"width": 32, "height": 32, "frames": 9, "steps": 3}
+        elif kind == "TrainRewardLoRA":
+            changes[node_id] = {"width": 32, "height": 32, "frames": 9, "sampling_steps": 3, "train_steps": 3, "checkpoint_every": 2}
         elif kind == "VideoRewardRank" and not isinstance(inputs["frames_per_video"], list):
             changes[node_id] = {"frames_per_video": 5}
         elif node_id in frames_from:
@@ -159,18 +168,49 @@ def name(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def _runnable(api: dict) -> None:
-    if any(node["class_type"] == "TrainRewardLoRA" for node in api.values()):
-        pytest.skip("training workflows start jobs; their runs are tested with the training nodes")
+def _node_id(api: dict, class_type: str) -> str | None:
+    return next((node_id for node_id, node in api.items() if node["class_type"] == class_type), None)
+
+
+def watch_training(server, graph: dict, entry: dict, job_id: str | None = None) -> None:
+    """Queue a training graph again until its Training Status says the job ended, as a user refreshes it; the job
+    must finish, with no second job for its LoRA, and its LoRA must be in the loras list under video_reward/."""
+    status_id, text_id = _node_id(graph, "RewardTrainingStatus"), _node_id(graph, "PreviewAny")
+    lora_name = graph[_node_id(graph, "TrainRewardLoRA")]["inputs"]["lora_name"]
+    deadline = time.time() + 300
+    while True:
+        assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-3000:]
+        text = entry["outputs"][status_id]["text"][0]
+        job_id = job_id or text.split(":")[0].removeprefix("job ")
+        assert text.startswith(f"job {job_id}: "), text
+        if text.splitlines()[0].split()[2] not in ("queued", "running"):
+            break
+        assert time.time() < deadline, text + server.log.read_text()[-3000:]
+        time.sleep(1.0)
+        entry = server.run(graph)
+    assert text.startswith(f"job {job_id}: finished") and "step 3/3" in text and "held-out reward" in text, text
+    assert entry["outputs"][text_id]["text"][0] == text  # Preview as Text shows the status
+    jobs = server.dirs["output"] / "video_reward_jobs"
+    assert [p.parent.name for p in jobs.glob("*/job.json")
+            if json.loads(p.read_text())["export_to"].endswith(f"/{lora_name}.safetensors")] == [job_id]
+    lora = Path(json.loads((jobs / job_id / "status.json").read_text())["lora"])
+    assert lora.is_file() and lora.stat().st_size > 0 and lora.parent.name == "video_reward"
+    listed = server.get("/object_info/LoraLoaderModelOnly")["LoraLoaderModelOnly"]["input"]["required"]["lora_name"][0]
+    assert f"video_reward/{lora_name}.safetensors" in listed
 
 
 def test_api_workflow_runs(server, models, name):
     api = json.loads((API_WORKFLOWS / f"{name}.json").read_text())
-    _runnable(api)
     provided = {(folder, str(p.relative_to(models / folder))) for folder in FOLDERS for p in (models / folder).glob("*")}
     assert model_files(api, SCHEMAS) - provided <= {("input", "example.png")}
-    entry = server.run(set_widgets(api, SCHEMAS, tiny_overrides(api)), timeout=600)
+    graph = set_widgets(api, SCHEMAS, tiny_overrides(api))
+    entry = server.run(graph, timeout=600)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-3000:]
+    if _node_id(api, "TrainRewardLoRA"):
+        started = re.fullmatch(r"started training job (\S+)", entry["outputs"][_node_id(api, "TrainRewardLoRA")]["text"][0])
+        assert started, entry["outputs"]
+        watch_training(server, graph, entry, started.group(1))
+        return
     saved = [server.dirs["output"] / item["subfolder"] / item["filename"]
              for out in _outputs(entry, api, "SaveVideo") for item in out["images"]]
     assert len(saved) == 1 and saved[0].suffix == ".mp4"
@@ -223,15 +263,20 @@ def test_comfy_cli_converts_and_runs_ui_workflow(server, name, tmp_path):
     preview = next((json.loads(line) for line in printed.stdout.splitlines() if '"prompt_preview"' in line), None)
     assert preview is not None, printed.stdout[-2000:] + printed.stderr[-2000:]
     assert preview["prompt"] == api
-    _runnable(api)
     changes = tiny_overrides(api)
     for node_id, node in api.items():
         if node["class_type"] == "SaveVideo":
             changes[node_id] = {"filename_prefix": f"cli/{name}"}
+        elif node["class_type"] == "TrainRewardLoRA":
+            changes[node_id]["lora_name"] = f"cli_{name}"
     tiny = tmp_path / f"{name}.json"
     tiny.write_text(json.dumps(set_widgets(ui, SCHEMAS, changes)))
     done = _comfy(server, "--workflow", str(tiny), "--wait", "--timeout", "600", "--json")
     envelope = json.loads(done.stdout.strip().splitlines()[-1])
     assert done.returncode == 0 and envelope["ok"], done.stdout[-3000:] + done.stderr[-3000:]
+    if _node_id(api, "TrainRewardLoRA"):  # the job runs on in the background: queue the same graph until it ends
+        graph = set_widgets(api, SCHEMAS, changes)
+        watch_training(server, graph, server.run(graph))
+        return
     videos = list((server.dirs["output"] / "cli").glob(f"{name}_*.mp4"))
     assert len(videos) == 1 and mp4_video(videos[0]) == expected_video(name, api)

@@ -28,6 +28,8 @@ CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 UPLOAD = "upload"  # frontend-only upload button after an image_upload combo; its value is the combo's folder
 MODEL_EXTENSIONS = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
+FAMILY = "<family>"  # a combo of "<family>/<folder>" names, the folder inside that family's models folder
+FAMILY_FOLDERS = {"CogVideoX-Fun": "CogVideoX_Fun", "EasyAnimate": "EasyAnimate"}  # as nodes/folders.py registers them
 # Combos whose options are the files in a user's folder: (node type, input) -> (folder, extensions; None = any entry)
 MODEL_FILE_INPUTS: dict[tuple[str, str], tuple[str, set[str] | None]] = {
     ("UNETLoader", "unet_name"): ("diffusion_models", MODEL_EXTENSIONS),
@@ -46,7 +48,7 @@ MODEL_FILE_INPUTS: dict[tuple[str, str], tuple[str, set[str] | None]] = {
     ("EasyAnimateLoader", "model"): ("EasyAnimate", None),
     ("VideoRewardModelLoader", "checkpoint"): ("reward_models", None),
     ("VideoRewardModelLoader", "encoder"): ("reward_models", None),
-    ("TrainRewardLoRA", "model_folder"): ("CogVideoX_Fun or EasyAnimate", None),  # as "<family>/<folder>"
+    ("TrainRewardLoRA", "model_folder"): (FAMILY, None),
     ("TrainRewardLoRA", "wan_high"): ("diffusion_models", MODEL_EXTENSIONS),
     ("TrainRewardLoRA", "wan_low"): ("diffusion_models", MODEL_EXTENSIONS),
     ("TrainRewardLoRA", "wan_vae"): ("vae", MODEL_EXTENSIONS),
@@ -139,6 +141,8 @@ def value_errors(node_type: str, spec: InputSpec, value: Any) -> list[str]:
             folder, extensions = MODEL_FILE_INPUTS[(node_type, spec.name)]
             if not isinstance(value, str) or not value or ".." in Path(value).parts or Path(value).is_absolute():
                 return [f"{where}: {value!r} is not a file name in models/{folder}"]
+            if folder == FAMILY and (len(Path(value).parts) < 2 or Path(value).parts[0] not in FAMILY_FOLDERS):
+                return [f"{where}: {value!r} is not '<family>/<folder>' with a family in {list(FAMILY_FOLDERS)}"]
             if extensions is not None and Path(value).suffix.lower() not in extensions:
                 return [f"{where}: {value!r} is not a {'/'.join(sorted(extensions))} file for {folder}"]
             return []
@@ -328,6 +332,9 @@ def model_files(api: dict, schemas: dict[str, dict]) -> set[tuple[str, str]]:
                 continue
             folder, extensions = MODEL_FILE_INPUTS[(node["class_type"], name)]
             if Path(value).suffix.lower() in extensions if extensions else value not in choices[name]:
+                if folder == FAMILY:
+                    family, _, value = value.partition("/")
+                    folder = FAMILY_FOLDERS[family]
                 files.add((folder, value))
     return files
 
