@@ -10,6 +10,8 @@ is printed, with the curves (`curves.png`) and the first frames before/after (`b
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import statistics
 import time
 from pathlib import Path
 
@@ -30,10 +32,14 @@ PROMPTS = ["a red ball rolling across a sunny field", "a cat on a blue sofa", "a
 HELD_OUT = ["a red cat in a sunny field", "a boat on the beach at dusk", "flowers on a city street"]
 
 
+def _trainer(config: TrainConfig) -> RewardBackprop:
+    device = torch.device("cpu")
+    return RewardBackprop(config, load_family(config, torch.float32, device), load_objective(config, torch.float32, device))
+
+
 def first_frames(config: TrainConfig, lora: Path | None) -> torch.Tensor:
     """The first frame of each held-out prompt's video (fixed seeds), with or without the trained LoRA."""
-    device = torch.device("cpu")
-    trainer = RewardBackprop(config, load_family(config, torch.float32, device), load_objective(config, torch.float32, device))
+    trainer = _trainer(config)
     if lora is not None:
         trainer.load(lora)
     frames = []
@@ -64,6 +70,8 @@ def run(output: Path, steps: int) -> tuple[float, float]:
     held_out = [m["val_reward"] for m in metrics if "val_reward" in m]
     before, after = held_out[0], held_out[-1]
     print(f"\nheld-out reward ({len(HELD_OUT)} prompts, fixed seeds): before {before:.5f} -> after {after:.5f} ({after - before:+.5f})")
+    spread = statistics.stdev(_trainer(dataclasses.replace(config, seed=seed)).evaluate(HELD_OUT) for seed in range(1, 5))
+    print(f"seed-to-seed spread of the untrained model's held-out reward: {spread:.5f} (the gain is {(after - before) / spread:.0f}x that)")
     Image.fromarray(training_curves(metrics)).save(output / "curves.png")
     grid = torch.cat([first_frames(config, None), first_frames(config, job.latest_checkpoint())], dim=-2)
     save_image(grid, output / "before_after.png")
