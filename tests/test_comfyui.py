@@ -8,22 +8,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+from comfyui_server import PACK_NAME, PACK_ROOT, comfy_env, comfy_python, comfyui_server
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set")
-PACK_ROOT = Path(__file__).resolve().parents[1]
 NODES = {"VideoRewardModelLoader", "VideoRewardCombine", "VideoRewardScore", "VideoRewardRank",
          "WanRewardLoraPair", "RewardLoraLoader", "BakeRewardLora", "ConvertRewardLora",
-         "VideoModelRewardLora", "CogVideoXFunLoader", "EasyAnimateLoader", "VideoRewardSampler"}
+         "VideoModelRewardLora", "CogVideoXFunLoader", "EasyAnimateLoader", "VideoRewardSampler",
+         "TrainRewardLoRA", "RewardTrainingStatus", "CancelRewardTraining"}
 VIDEO_MODELS = {  # loader node: (model folder, reward LoRA)
     "CogVideoXFunLoader": ("CogVideoX-Fun-V1.1-2b-InP", "CogVideoX-Fun-V1.1-2b-InP-HPS2.1.safetensors"),
     "EasyAnimateLoader": ("EasyAnimateV5-7b-zh-InP", "EasyAnimateV5-7b-zh-InP-HPS2.1.safetensors"),
@@ -64,75 +60,12 @@ def lora_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _comfy_env() -> dict[str, str]:
-    env = dict(os.environ)
-    if os.environ.get("COMFYUI_PYTHONPATH"):
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ["COMFYUI_PYTHONPATH"], env.get("PYTHONPATH")]))
-    return env
-
-
-def _request(base: str, path: str, body: dict | None = None) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return {"http_status": err.code, **json.loads(err.read())}
-
-
 @pytest.fixture(scope="module")
 def server(reward_root: Path, lora_models: Path, tmp_path_factory: pytest.TempPathFactory):
-    work = tmp_path_factory.mktemp("comfyui")
-    packs = work / "custom_nodes"
-    packs.mkdir()
-    (packs / "comfyui-video-reward-lora").symlink_to(PACK_ROOT)
-    config = work / "extra_model_paths.yaml"
-    config.write_text(
-        f"tests:\n  custom_nodes: {packs}\n  reward_models: {reward_root}\n"
-        f"  loras: {lora_models / 'loras'}\n  diffusion_models: {lora_models / 'diffusion_models'}\n"
-        f"  CogVideoX_Fun: {lora_models / 'CogVideoX_Fun'}\n  EasyAnimate: {lora_models / 'EasyAnimate'}\n"
-    )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = _comfy_env()
-    dirs = {name: work / name for name in ("output", "temp", "input", "user")}
-    command = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
-               "--port", str(port), "--extra-model-paths-config", str(config), "--base-directory", str(work)]
-    for name, path in dirs.items():
-        path.mkdir()
-        command += [f"--{name}-directory", str(path)]
-    log = open(work / "server.log", "w")
-    process = subprocess.Popen(command, cwd=COMFYUI, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            if process.poll() is not None:
-                pytest.fail(f"ComfyUI exited: {(work / 'server.log').read_text()[-3000:]}")
-            try:
-                _request(base, "/object_info/VideoRewardScore")
-                break
-            except OSError:
-                time.sleep(0.5)
-        yield {"base": base, "log": work / "server.log", "dirs": dirs, "loras": work / "models" / "loras"}
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
-
-
-def _run(server: dict, graph: dict, timeout: float = 120) -> dict:
-    queued = _request(server["base"], "/prompt", {"prompt": graph})
-    assert "prompt_id" in queued, queued
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        history = _request(server["base"], f"/history/{queued['prompt_id']}")
-        entry = history.get(queued["prompt_id"])
-        if entry and entry["status"].get("completed") is not None and entry["status"]["status_str"] in ("success", "error"):
-            return entry
-        time.sleep(0.3)
-    pytest.fail(f"prompt did not finish in {timeout} s")
+    folders = {"reward_models": reward_root, **{name: lora_models / name for name in
+                                                 ("loras", "diffusion_models", "CogVideoX_Fun", "EasyAnimate")}}
+    with comfyui_server(COMFYUI, tmp_path_factory.mktemp("comfyui"), {PACK_NAME: PACK_ROOT}, folders) as running:
+        yield running
 
 
 def _loader(model: str, precision: str = "auto") -> dict:
@@ -142,7 +75,7 @@ def _loader(model: str, precision: str = "auto") -> dict:
 
 
 def test_nodes_register_with_schemas_and_fast_import(server):
-    info = _request(server["base"], "/object_info")
+    info = server.get("/object_info")
     assert NODES <= set(info)
     loader = info["VideoRewardModelLoader"]["input"]["required"]
     assert "HPS_v2.1_compressed.pt" in loader["checkpoint"][1]["options"]
@@ -150,7 +83,7 @@ def test_nodes_register_with_schemas_and_fast_import(server):
         inputs = {**info[name]["input"]["required"], **info[name]["input"].get("optional", {})}
         for key, spec in inputs.items():
             assert spec[1].get("tooltip"), f"{name}.{key} has no tooltip"
-    log = server["log"].read_text()
+    log = server.log.read_text()
     # a failed import is listed as "N seconds (IMPORT FAILED): path", which this does not match
     match = re.search(r"(\d+\.\d+) seconds: \S*comfyui-video-reward-lora", log)
     assert match and float(match.group(1)) < 0.5, log[-2000:]
@@ -174,14 +107,14 @@ def test_score_and_rank_a_generated_clip(server):
             "frames": "all", "frame_count": 1, "seed": 0}},
         "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "best"}},
     }
-    entry = _run(server, graph)
+    entry = server.run(graph)
     assert entry["status"]["status_str"] == "success", entry["status"]
     text = entry["outputs"]["5"]["text"][0]
     assert text.startswith("video score:") and re.findall(r"frame (\d+):", text) == ["0", "4", "7"]
     ranking = entry["outputs"]["9"]["text"][0].splitlines()
     assert len(ranking) == 2 and ranking[0].startswith("#1: video ")
-    plots = list((server["dirs"]["output"]).glob("reward_plot_*.png"))
-    best = list((server["dirs"]["output"]).glob("best_*.png"))
+    plots = list((server.dirs["output"]).glob("reward_plot_*.png"))
+    best = list((server.dirs["output"]).glob("best_*.png"))
     assert len(plots) == 1 and len(best) == 4
 
 
@@ -193,7 +126,7 @@ def test_missing_model_file_is_a_clear_node_error(server):
             "images": ["1", 0], "reward_model": ["2", 0], "prompt": "x", "frames": "all", "frame_count": 1, "seed": 0}},
     }
     graph["2"]["inputs"]["checkpoint"] = "HPS_v2.1_compressed.pt"
-    entry = _run(server, graph)
+    entry = server.run(graph)
     assert entry["status"]["status_str"] == "error"
     error = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
     assert "PickScore needs the PickScore_v1 model folder" in error["exception_message"]
@@ -207,16 +140,16 @@ def test_convert_and_bake_through_the_api(server):
         "2": {"class_type": "BakeRewardLora", "inputs": {"checkpoint": "tiny_wan.safetensors", "lora": lora, "strength": 0.7,
                                                            "filename": "baked/tiny_wan_reward.safetensors", "overwrite": False}},
     }
-    entry = _run(server, graph)
+    entry = server.run(graph)
     assert entry["status"]["status_str"] == "success", entry["status"]
-    converted = server["loras"] / "converted" / "high_diffusers.safetensors"
-    baked = server["dirs"]["output"] / "baked" / "tiny_wan_reward.safetensors"
+    converted = (server.log.parent / "models" / "loras") / "converted" / "high_diffusers.safetensors"
+    baked = server.dirs["output"] / "baked" / "tiny_wan_reward.safetensors"
     assert converted.exists() and baked.exists()
     assert "merged 3 modules" in entry["outputs"]["2"]["text"][0]
-    again = _run(server, {"1": {**graph["1"], "inputs": {**graph["1"]["inputs"], "format": "comfyui"}}})
+    again = server.run({"1": {**graph["1"], "inputs": {**graph["1"]["inputs"], "format": "comfyui"}}})
     error = next(m[1] for m in again["status"]["messages"] if m[0] == "execution_error")
     assert "already exists" in error["exception_message"]
-    escape = _run(server, {"2": {**graph["2"], "inputs": {**graph["2"]["inputs"], "filename": "../../escape"}}})
+    escape = server.run({"2": {**graph["2"], "inputs": {**graph["2"]["inputs"], "filename": "../../escape"}}})
     error = next(m[1] for m in escape["status"]["messages"] if m[0] == "execution_error")
     assert "outside" in error["exception_message"]
 
@@ -224,8 +157,8 @@ def test_convert_and_bake_through_the_api(server):
 def test_wan_pair_node_matches_comfyui_lora_loader(tmp_path):
     """Sampling tiny native Wan experts patched by the pack's node and by LoraLoaderModelOnly gives equal latents."""
     script = PACK_ROOT / "tests" / "comfyui_scripts" / "wan_lora_parity.py"
-    env = _comfy_env()
-    run = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), str(script), str(PACK_ROOT), str(tmp_path)],
+    env = comfy_env()
+    run = subprocess.run([comfy_python(), str(script), str(PACK_ROOT), str(tmp_path)],
                          capture_output=True, text=True, env=env, timeout=300)
     line = next((l for l in run.stdout.splitlines() if l.startswith("RESULT ")), None)
     assert line, run.stdout[-2000:] + run.stderr[-3000:]
@@ -264,13 +197,13 @@ def test_loader_lora_sampler_score_save(server, loader):
         "12": sampler(["2", 0], "sequential offload"),
         "13": score(["12", 0]),
     }
-    entry = _run(server, graph, timeout=300)
+    entry = server.run(graph, timeout=300)
     assert entry["status"]["status_str"] == "success", entry["status"]
     with_lora, base = entry["outputs"]["6"]["text"][0], entry["outputs"]["7"]["text"][0]
     assert len(re.findall(r"frame \d+:", with_lora)) == 9 and with_lora != base
     assert entry["outputs"]["11"]["text"][0] == with_lora and entry["outputs"]["13"]["text"][0] == with_lora  # same frames in every memory mode
-    videos = list((server["dirs"]["output"] / "video").glob(f"{loader}*.mp4"))
+    videos = list((server.dirs["output"] / "video").glob(f"{loader}*.mp4"))
     assert len(videos) == 1 and videos[0].stat().st_size > 0
-    wan_lora = _run(server, {**graph, "2": {**graph["2"], "inputs": {**graph["2"]["inputs"], "lora": "Wan2.2-Fun-A14B-InP-high-noise-HPS2.1.safetensors"}}})
+    wan_lora = server.run({**graph, "2": {**graph["2"], "inputs": {**graph["2"]["inputs"], "lora": "Wan2.2-Fun-A14B-InP-high-noise-HPS2.1.safetensors"}}})
     error = next(m[1] for m in wan_lora["status"]["messages"] if m[0] == "execution_error")
     assert "is a Wan2.1/2.2 reward LoRA; the model is" in error["exception_message"]

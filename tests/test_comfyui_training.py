@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from comfyui_server import PACK_NAME, PACK_ROOT, comfyui_server  # noqa: E402
+from comfyui_server import PACK_NAME, PACK_ROOT, comfyui_server
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set")
