@@ -2,9 +2,10 @@
 
     python tests/benchmarks/bench_families.py [--size small|full] [--frames 49 --height 480 --width 720]
 
-`small` builds the pack's tiny published-format models (CPU-friendly); `full` builds the full-size transformers
-(CogVideoX-Fun 2B, EasyAnimate V5 7B, one Wan2.2 A14B expert) with random weights on the GPU, bf16. Each step is timed with and without
-autograd (the training case keeps the graph of one step); the ratio of the two is printed, plus peak memory.
+`small` builds the pack's tiny published-format models (CPU-friendly); `full` swaps in the full-size transformers
+and VAEs (CogVideoX-Fun 2B, EasyAnimate V5 7B, both Wan2.2 A14B experts) with random weights, on the GPU in bf16.
+Each step is timed with and without autograd (the training case keeps the graph of one step); the ratio of the two
+is printed, plus peak memory.
 """
 from __future__ import annotations
 
@@ -22,15 +23,10 @@ from video_reward_lora.training.families.tiny import write_cogvideox_fun, write_
 from video_reward_lora.training.families.tiny_wan import write_wan22
 from video_reward_lora.training.families.wan import Wan22
 
-FULL = {
-    CogVideoXFun: dict(num_attention_heads=30, attention_head_dim=64, in_channels=33, out_channels=16, num_layers=30,
-                       text_embed_dim=4096, time_embed_dim=512, use_rotary_positional_embeddings=False),
-    EasyAnimate: dict(num_attention_heads=48, attention_head_dim=64, in_channels=33, out_channels=16, patch_size=2,
-                      num_layers=36, mmdit_layers=18, text_embed_dim=1024, text_embed_dim_t5=2048, time_embed_dim=512),
-    Wan22: dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=36, out_channels=16,
-                text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
-                qk_norm="rms_norm_across_heads", eps=1e-6),
-}
+from full_size import make_full_size
+
+KEYS = {CogVideoXFun: "cogvideox", EasyAnimate: "easyanimate", Wan22: "wan2.2"}
+PROMPTS = ["a red ball", ""]
 
 
 def peak(device: torch.device) -> float:
@@ -56,13 +52,7 @@ def family_for(cls, size: str, device: torch.device, dtype: torch.dtype):
     else:
         family = cls.load(write_cogvideox_fun(folder / "cog") if cls is CogVideoXFun else write_easyanimate(folder / "ea"), dtype, device)
     if size == "full":
-        from diffusers import CogVideoXTransformer3DModel, EasyAnimateTransformer3DModel, WanTransformer3DModel
-
-        model_cls = {CogVideoXFun: CogVideoXTransformer3DModel, EasyAnimate: EasyAnimateTransformer3DModel,
-                     Wan22: WanTransformer3DModel}[cls]
-        with torch.device(device):
-            full = model_cls(**FULL[cls]).to(dtype).eval().requires_grad_(False)
-        family.transformer = full  # Wan2.2: the low-noise expert, the one that runs at t=500
+        make_full_size(family, KEYS[cls], PROMPTS, torch.Generator().manual_seed(0))
     return family
 
 
@@ -79,11 +69,7 @@ def main() -> None:
     for cls in (CogVideoXFun, EasyAnimate, Wan22):
         family = family_for(cls, args.size, device, dtype)
         latents = family.init_latents(2, args.frames, args.height, args.width, torch.Generator().manual_seed(0))
-        text = family.encode(["a red ball", ""])
-        if args.size == "full":  # the tiny text encoders do not match the full-size transformer: random embeddings
-            text.tensors = {k: torch.randn(2, v.shape[1], FULL[cls].get("text_dim", FULL[cls].get(
-                "text_embed_dim" if k == "embeds" else "text_embed_dim_t5")), device=device, dtype=dtype)
-                if v.is_floating_point() else v for k, v in text.tensors.items()}
+        text = family.encode(PROMPTS)
         condition = family.conditioning(latents, None)
         t = torch.tensor([500.0], device=device)
         with torch.no_grad():
