@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from random_lora import linear_shapes, random_lora
 from comfyui_server import PACK_NAME, PACK_ROOT, comfy_env, comfy_python, comfyui_server
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
@@ -43,7 +44,6 @@ def lora_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from video_reward_lora.training.families.cogvideox import CogVideoXFun
     from video_reward_lora.training.families.easyanimate import EasyAnimate
     from video_reward_lora.training.families.tiny import write_cogvideox_fun, write_easyanimate
-    from video_reward_lora.training.lora.keymap import from_diffusers
 
     written = {
         "CogVideoXFunLoader": (CogVideoXFun, write_cogvideox_fun(root / "CogVideoX_Fun" / VIDEO_MODELS["CogVideoXFunLoader"][0])),
@@ -52,11 +52,9 @@ def lora_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     generator = torch.Generator().manual_seed(0)
     for loader, (family_cls, folder) in written.items():
         family = family_cls.load(folder)
-        modules = {from_diffusers(family.lora_family, n): LoraModule(torch.randn(4, m.in_features, generator=generator),
-                                                                     torch.randn(m.out_features, 4, generator=generator) * 0.2, 2.0)
-                   for n, m in family.transformer.named_modules()
-                   if isinstance(m, torch.nn.Linear) and from_diffusers(family.lora_family, n)}
-        write_lora(Lora(family.lora_family, modules), root / "loras" / VIDEO_MODELS[loader][1], "videox")
+        lora = random_lora(family.lora_family, linear_shapes(family.transformer, family.lora_family), generator,
+                           rank=4, down_scale=1.0, up_scale=0.2)
+        write_lora(lora, root / "loras" / VIDEO_MODELS[loader][1], "videox")
     return root
 
 

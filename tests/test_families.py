@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from random_lora import linear_shapes, random_lora
 import torch
 
 from video_reward_lora.reward.files import ModelFileError
@@ -14,8 +15,6 @@ from video_reward_lora.training.families.cogvideox import CogVideoXFun
 from video_reward_lora.training.families.easyanimate import EasyAnimate, EasyAnimateV51
 from video_reward_lora.training.families.tiny import write_cogvideox_fun, write_easyanimate, write_easyanimate_v51
 from video_reward_lora.training.lora import adapters
-from video_reward_lora.training.lora.formats import Lora, LoraModule
-from video_reward_lora.training.lora.keymap import from_diffusers
 from video_reward_lora.training.sampler import sample
 
 SIZE = dict(frames=9, height=32, width=32)
@@ -97,13 +96,8 @@ def test_text_encoder_can_be_released_after_caching(model):
 
 def test_gradients_reach_the_lora_only_through_chosen_steps(model):
     family = model[0].load(model[1], dtype=torch.float32)
-    generator = torch.Generator().manual_seed(0)
-    modules = {}
-    for name, layer in family.transformer.named_modules():
-        if isinstance(layer, torch.nn.Linear) and from_diffusers(family.lora_family, name):
-            modules[from_diffusers(family.lora_family, name)] = LoraModule(
-                torch.randn(2, layer.in_features, generator=generator) * 0.1, torch.randn(layer.out_features, 2, generator=generator) * 0.1, 2.0)
-    adapters.attach(family.transformer, Lora(family.lora_family, modules), family.lora_family)
+    lora = random_lora(family.lora_family, linear_shapes(family.transformer, family.lora_family), torch.Generator().manual_seed(0))
+    adapters.attach(family.transformer, lora, family.lora_family)
     lora_params = [p for n, p in family.transformer.named_parameters() if "lora_" in n
                    and not (family.name == "EasyAnimate" and ".1." in n and ("to_add_out" in n or "txt_ff" in n))]
     for p in lora_params:

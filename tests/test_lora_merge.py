@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import struct
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from video_reward_lora.training.lora import adapters
 from video_reward_lora.training.lora.formats import Lora, LoraModule, write_lora
-from video_reward_lora.training.lora.keymap import COGVIDEOX, EASYANIMATE, WAN, MODULES, from_diffusers, to_diffusers
+from video_reward_lora.training.lora.keymap import COGVIDEOX, EASYANIMATE, WAN, from_diffusers, to_diffusers
 from video_reward_lora.training.lora.merge import BakeError, bake, bake_shards, shard_index
 
 # float32 merges agree to rounding; bf16 weights hold ~3 significant digits, so one bf16 step of the largest entry

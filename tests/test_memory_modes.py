@@ -3,6 +3,7 @@ every mode, the mode really in place while sampling, the weights back as they we
 from __future__ import annotations
 
 import pytest
+from random_lora import linear_shapes, random_lora
 import torch
 
 from video_reward_lora.training.families.cogvideox import CogVideoXFun
@@ -10,8 +11,7 @@ from video_reward_lora.training.families.easyanimate import EasyAnimate
 from video_reward_lora.training.families.memory import MEMORY_MODES, apply_memory_mode, components
 from video_reward_lora.training.families.tiny import write_cogvideox_fun, write_easyanimate, write_easyanimate_v51
 from video_reward_lora.training.lora import adapters
-from video_reward_lora.training.lora.formats import Lora, LoraModule
-from video_reward_lora.training.lora.keymap import from_diffusers
+from video_reward_lora.training.lora.formats import Lora
 from video_reward_lora.training.sampler import sample
 
 WRITERS = {
@@ -30,13 +30,8 @@ def model(request, tmp_path_factory):
 
 
 def _lora(family) -> Lora:
-    generator = torch.Generator().manual_seed(5)
-    modules = {}
-    for name, layer in family.transformer.named_modules():
-        if isinstance(layer, torch.nn.Linear) and from_diffusers(family.lora_family, name):
-            modules[from_diffusers(family.lora_family, name)] = LoraModule(
-                torch.randn(2, layer.in_features, generator=generator) * 0.3, torch.randn(layer.out_features, 2, generator=generator) * 0.3, 2.0)
-    return Lora(family.lora_family, modules)
+    shapes = linear_shapes(family.transformer, family.lora_family)
+    return random_lora(family.lora_family, shapes, torch.Generator().manual_seed(5), down_scale=0.3, up_scale=0.3)
 
 
 def _hooked(module: torch.nn.Module) -> bool:

@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from video_reward_lora.reward.files import ModelFileError
 from video_reward_lora.reward.mps import CrossModel, split_state

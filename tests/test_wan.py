@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from random_lora import linear_shapes, random_lora
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -14,8 +15,7 @@ from video_reward_lora.training.families.tiny import write_cogvideox_fun
 from video_reward_lora.training.families.tiny_wan import DIM, FFN_DIM, LAYERS, TEXT_DIM, vae_module, write_wan22
 from video_reward_lora.training.families.wan import Wan22
 from video_reward_lora.training.lora import adapters
-from video_reward_lora.training.lora.formats import Lora, LoraModule
-from video_reward_lora.training.lora.keymap import WAN, from_diffusers
+from video_reward_lora.training.lora.keymap import WAN
 from video_reward_lora.training.sampler import sample
 
 SIZE = dict(frames=9, height=32, width=32)
@@ -174,13 +174,7 @@ def test_seeded_sampling_is_deterministic(family):
 def test_gradients_reach_a_lora_on_the_low_expert_only_through_its_chosen_steps(files):
     family = Wan22.load(**files, dtype=torch.float32)
     low = family.transformers["low"]
-    generator = torch.Generator().manual_seed(0)
-    modules = {}
-    for name, layer in low.named_modules():
-        if isinstance(layer, torch.nn.Linear) and from_diffusers(WAN, name):
-            modules[from_diffusers(WAN, name)] = LoraModule(torch.randn(2, layer.in_features, generator=generator) * 0.1,
-                                                            torch.randn(layer.out_features, 2, generator=generator) * 0.1, 2.0)
-    adapters.attach(low, Lora(WAN, modules), WAN)
+    adapters.attach(low, random_lora(WAN, linear_shapes(low, WAN), torch.Generator().manual_seed(0)), WAN)
     lora_params = [p.requires_grad_(True) for n, p in low.named_parameters() if "lora_" in n]
     modes = []
     hooks = [model.register_forward_hook(lambda *_, name=name: modes.append((name, torch.is_grad_enabled())))

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from random_lora import linear_shapes, random_lora
 
 from comfyui_server import PACK_NAME, PACK_ROOT, comfyui_server
 from workflow_check import API_WORKFLOWS, WORKFLOWS, load_schemas, model_files, set_widgets
@@ -39,12 +40,10 @@ def _random_lora(family: str, shapes: dict[str, tuple[int, int]], path: Path, se
     """A rank-4 reward LoRA in the published format over the given modules (name: (out, in))."""
     import torch
 
-    from video_reward_lora.training.lora.formats import Lora, LoraModule, write_lora
+    from video_reward_lora.training.lora.formats import write_lora
 
-    generator = torch.Generator().manual_seed(seed)
-    modules = {name: LoraModule(torch.randn(4, fan_in, generator=generator), torch.randn(fan_out, 4, generator=generator) * scale, 2.0)
-               for name, (fan_out, fan_in) in shapes.items()}
-    write_lora(Lora(family, modules), path, "videox")
+    lora = random_lora(family, shapes, torch.Generator().manual_seed(seed), rank=4, down_scale=1.0, up_scale=scale)
+    write_lora(lora, path, "videox")
 
 
 def _write_wan(models: Path) -> None:
@@ -74,22 +73,16 @@ def _write_wan(models: Path) -> None:
 
 def _write_video_model(models: Path, relative: str, writer: str, lora_name: str) -> None:
     """A tiny pack-loaded model folder under its official name, and a reward LoRA covering all its Linear layers."""
-    import torch
-
     from video_reward_lora.training.families import tiny
     from video_reward_lora.training.families.cogvideox import CogVideoXFun
     from video_reward_lora.training.families.easyanimate import EasyAnimate
-    from video_reward_lora.training.lora.keymap import from_diffusers
-
     folder = models / relative
     if writer == "write_cogvideox_fun":
         family = CogVideoXFun.load(tiny.write_cogvideox_fun(folder, rotary=True))  # the 5B style
     else:
         family = EasyAnimate.load(tiny.write_easyanimate(folder))
-    linears = {from_diffusers(family.lora_family, name): (layer.out_features, layer.in_features)
-               for name, layer in family.transformer.named_modules()
-               if isinstance(layer, torch.nn.Linear) and from_diffusers(family.lora_family, name)}
-    _random_lora(family.lora_family, linears, models / "loras" / lora_name, 0, scale=0.2)
+    _random_lora(family.lora_family, linear_shapes(family.transformer, family.lora_family), models / "loras" / lora_name, 0,
+                 scale=0.2)
 
 
 @pytest.fixture(scope="module")
