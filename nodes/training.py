@@ -13,7 +13,7 @@ from ..reward.files import resolve_inside
 from ..reward.registry import REWARDS
 from ..training.config import TrainConfig
 from ..training.curves import training_curves
-from ..training.jobs import ACTIVE, Job, create_job, find_job, start
+from ..training.jobs import ACTIVE, Job, create_job, find_job, job_exporting_to, start
 from ..training.steps import STRATEGIES
 from .folders import VIDEO_MODEL_FOLDERS, reward_model_roots, roots
 
@@ -73,18 +73,22 @@ def _model_files(family: str, model_folder: str, wan: dict[str, str]) -> dict[st
     return {"folder": str(folder)}
 
 
+def _export_path(lora_name: str) -> Path:
+    """Where the finished LoRA named `lora_name` goes: models/loras/video_reward/<name>.safetensors."""
+    import folder_paths
+
+    name = Path(lora_name.strip()).name.removesuffix(".safetensors")
+    return Path(folder_paths.get_folder_paths("loras")[0]) / LORA_SUBFOLDER / f"{name}.safetensors"
+
+
 def _same_job(config: TrainConfig, export_to: Path) -> Job | None:
     """The job that trains the LoRA `export_to` (queueing the graph again finds it instead of starting another);
     an error when that job was started with other settings."""
-    root = jobs_root()
-    for path in sorted(root.glob("*/job.json")) if root.is_dir() else []:
-        job = Job(path.parent)
-        if job.info().get("export_to") == str(export_to):
-            if job.config() != config:
-                raise FileExistsError(f"a training job for loras/{LORA_SUBFOLDER}/{export_to.name} exists already ({job.id}) "
-                                      "with other settings; choose another lora_name")
-            return job
-    return None
+    job = job_exporting_to(jobs_root(), export_to)
+    if job is not None and job.config() != config:
+        raise FileExistsError(f"a training job for loras/{LORA_SUBFOLDER}/{export_to.name} exists already ({job.id}) "
+                              "with other settings; choose another lora_name")
+    return job
 
 
 def _watch(job: Job, node_id: str | None) -> None:
@@ -173,14 +177,11 @@ class TrainRewardLoRA(io.ComfyNode):
     def fingerprint_inputs(cls, lora_name: str, **_) -> str | float:
         """Queueing again re-runs the node when its job failed or was cancelled (so it resumes); otherwise the
         cached job id stands."""
-        root = jobs_root()
-        name = Path(lora_name.strip()).name.removesuffix(".safetensors")
-        for path in sorted(root.glob("*/job.json")) if root.is_dir() else []:
-            job = Job(path.parent)
-            if Path(job.info().get("export_to") or "").name == f"{name}.safetensors":
-                state = job.status().get("state", "")
-                return time.time() if state in ("failed", "cancelled") else state
-        return name
+        job = job_exporting_to(jobs_root(), _export_path(lora_name))
+        if job is None:
+            return lora_name
+        state = job.status().get("state", "")
+        return time.time() if state in ("failed", "cancelled") else state
 
     @classmethod
     def execute(cls, family: str, model_folder: str, wan_high: str, wan_low: str, wan_vae: str, wan_text_encoder: str,
@@ -204,10 +205,10 @@ class TrainRewardLoRA(io.ComfyNode):
         if not lines and not prompt_path:
             raise ValueError("write training prompts (one per line) or choose a prompts file")
         chosen = [{"key": reward, "weight": reward_weight}] + ([{"key": reward_2, "weight": reward_2_weight}] if reward_2 != NONE else [])
-        name = Path(lora_name.strip()).name.removesuffix(".safetensors")
+        export_to = _export_path(lora_name)
+        name = export_to.name.removesuffix(".safetensors")
         if not name:
             raise ValueError("give the LoRA a file name")
-        export_to = Path(folder_paths.get_folder_paths("loras")[0]) / LORA_SUBFOLDER / f"{name}.safetensors"
         config = TrainConfig.from_dict(dict(
             family=key, model=_model_files(key, model_folder, wan), rewards=chosen,
             reward_roots=[str(r) for r in reward_model_roots()], prompts=lines, prompts_file=prompt_path,
@@ -218,8 +219,9 @@ class TrainRewardLoRA(io.ComfyNode):
             checkpoint_every=checkpoint_every, seed=seed, gradient_checkpointing=gradient_checkpointing,
         ))
         job = _same_job(config, export_to)
-        if job is not None and job.status().get("state") in ACTIVE + ("finished",):
-            return io.NodeOutput(job.id, ui=ui.PreviewText(f"training job {job.id} is {job.status()['state']}"))
+        state = job.status().get("state") if job is not None else None
+        if state in ACTIVE + ("finished",):
+            return io.NodeOutput(job.id, ui=ui.PreviewText(f"training job {job.id} is {state}"))
         if job is None and export_to.exists():
             raise FileExistsError(f"loras/{LORA_SUBFOLDER}/{name}.safetensors exists already; choose another lora_name")
         comfy.model_management.unload_all_models()

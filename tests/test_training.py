@@ -17,7 +17,7 @@ import torch
 from video_reward_lora.reward.tiny import write_reward_models
 from video_reward_lora.training import jobs
 from video_reward_lora.training.backprop import RewardBackprop
-from video_reward_lora.training.build import load_family, load_objective
+from video_reward_lora.training.build import load_family
 from video_reward_lora.training.config import TrainConfig, read_prompts
 from video_reward_lora.training.families.tiny import write_cogvideox_fun, write_easyanimate
 from video_reward_lora.training.families.tiny_wan import write_wan22
@@ -92,8 +92,7 @@ def test_config_and_prompt_errors(models, tmp_path):
 
 
 def _trainer(config: TrainConfig) -> RewardBackprop:
-    device = torch.device("cpu")
-    return RewardBackprop(config, load_family(config, torch.float32, device), load_objective(config, torch.float32, device))
+    return RewardBackprop.from_config(config, torch.float32, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("family", ["cogvideox", "easyanimate", "wan2.2"])

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..reward.composite import reward_loss, select_frames
-from .build import RewardObjective
+from .build import RewardObjective, load_family, load_objective
 from .checkpoint import load_state, save_state
 from .config import TrainConfig, read_prompts
 from .families.base import VideoFamily
@@ -70,6 +70,11 @@ class RewardBackprop:
         self.step = 0
         self.autocast = (torch.autocast(family.device.type, dtype=family.dtype)
                          if family.dtype != torch.float32 else contextlib.nullcontext())
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, dtype: torch.dtype, device: torch.device) -> "RewardBackprop":
+        """A trainer on the config's model and reward, loaded from their files."""
+        return cls(config, load_family(config, dtype, device), load_objective(config, dtype, device))
 
     def _optimizer(self) -> torch.optim.Optimizer:
         c = self.config

@@ -20,7 +20,6 @@ from PIL import Image
 
 from ..reward.tiny import write_reward_models
 from .backprop import RewardBackprop
-from .build import load_family, load_objective
 from .config import TrainConfig
 from .curves import training_curves
 from .families.tiny import write_cogvideox_fun
@@ -33,8 +32,7 @@ HELD_OUT = ["a red cat in a sunny field", "a boat on the beach at dusk", "flower
 
 
 def _trainer(config: TrainConfig) -> RewardBackprop:
-    device = torch.device("cpu")
-    return RewardBackprop(config, load_family(config, torch.float32, device), load_objective(config, torch.float32, device))
+    return RewardBackprop.from_config(config, torch.float32, torch.device("cpu"))
 
 
 def first_frames(config: TrainConfig, lora: Path | None) -> torch.Tensor:

@@ -171,18 +171,28 @@ def find_job(jobs_root: Path, job_id: str) -> Job:
     return Job(path)
 
 
+def job_exporting_to(jobs_root: Path, path: Path) -> Job | None:
+    """The job in `jobs_root` whose finished LoRA is copied to `path`, if any."""
+    for info in sorted(Path(jobs_root).glob("*/job.json")):
+        job = Job(info.parent)
+        if job.info().get("export_to") == str(path):
+            return job
+    return None
+
+
 def start(job: Job) -> subprocess.Popen:
     """Run the job in a new process (its output goes to log.txt); returns at once."""
-    if job.status().get("state") in ACTIVE and (job.path / "status.json").exists():
-        raise RuntimeError(f"job {job.id} is already {job.status()['state']}")
+    state = job.status().get("state")
+    if state in ACTIVE and (job.path / "status.json").exists():
+        raise RuntimeError(f"job {job.id} is already {state}")
     (job.path / "cancel").unlink(missing_ok=True)
     job.set_status("queued", "waiting for its process to start")
-    log = open(job.log, "a", encoding="utf-8")
-    process = subprocess.Popen(
-        [sys.executable, "-c", BOOTSTRAP, str(PACK_ROOT), "run-job", str(job.path)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    with open(job.log, "a", encoding="utf-8") as log:  # the child keeps its own copy of the handle
+        process = subprocess.Popen(
+            [sys.executable, "-c", BOOTSTRAP, str(PACK_ROOT), "run-job", str(job.path)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     job.set_status("queued", "waiting for the GPU", pid=process.pid)
     return process
 
