@@ -215,3 +215,14 @@ def test_wan_trains_one_expert_with_its_own_steps(models):
     assert not any("lora_" in n for n, _ in high.family.transformers["low"].named_parameters())
     low = _trainer(tiny_config(models, "wan2.2", expert="low", steps=10))
     assert low.chosen_steps(torch.Generator()) == [9] and low.transformer is low.family.transformers["low"]
+
+
+def test_cli_reports_bad_configs(tmp_path, capsys):
+    from video_reward_lora.training.cli import main
+
+    (tmp_path / "bad.json").write_text('{"family": "cogvideox", "model": {"folder": "x"}, "lr": 1}')
+    for config, message in (("nope.json", "training config nope.json does not exist"), (tmp_path / "bad.json", "unknown training settings: lr")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["run", "--config", str(config), "--output", str(tmp_path / "out")])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

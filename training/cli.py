@@ -49,16 +49,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from .runner import run_job
 
+    config = None
+    if getattr(args, "config", None) is not None:
+        try:
+            config = TrainConfig.load(args.config)
+        except (FileNotFoundError, ValueError) as err:
+            parser.error(str(err))
     if args.command == "run":
-        if args.config is not None:
-            prepare(args.output, TrainConfig.load(args.config))
+        if config is not None:
+            prepare(args.output, config)
         elif not (args.output / "config.json").is_file():
             parser.error(f"{args.output} holds no job; pass --config")
         return 0 if run_job(args.output) in ("finished", "cancelled") else 1
     if args.command == "run-job":
         return 0 if run_job(args.job) in ("finished", "cancelled") else 1
     if args.command == "start":
-        job = create_job(args.jobs_root, TrainConfig.load(args.config))
+        job = create_job(args.jobs_root, config)
         start(job)
         print(job.path)
         return 0

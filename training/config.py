@@ -125,6 +125,8 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"training config {path} does not exist")
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except json.JSONDecodeError as err:
