@@ -55,6 +55,16 @@ def run_job(path: Path) -> str:
     job = Job(Path(path))
     config = job.config()
     accelerator = Accelerator(cpu=resolve_device(config.device).type == "cpu")
+    try:
+        state = _run(job, config, accelerator)
+        if state != "failed":  # a failed rank may never reach the barrier
+            accelerator.wait_for_everyone()
+        return state
+    finally:  # a process group left open can abort the interpreter's exit under accelerate launch
+        accelerator.end_training()
+
+
+def _run(job: Job, config: TrainConfig, accelerator) -> str:
     main = accelerator.is_main_process
     single = accelerator.num_processes == 1
     lock = _wait_for_gpu(job, main) if single else nullcontext()
