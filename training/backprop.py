@@ -4,7 +4,8 @@ and step a LoRA on the transformer (the seeds' method; VADER's cut-off and DRTun
 Every random draw of a training step (prompts, noise, chosen steps) comes from a generator seeded by (seed, step,
 micro-batch, process), so a run resumed from a checkpoint repeats the uninterrupted run's losses exactly, and
 each data-parallel process draws its own batch. With several processes the LoRA gradients are averaged through
-accelerate before clipping, so every process applies the same update.
+accelerate before clipping, so every process applies the same update; under FSDP (`training.sharding`) the sharded
+backward averages them, and saving gathers the slices (every process calls `save`, the main one writes).
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ import torch
 
 from ..reward.composite import reward_loss, select_frames
 from .build import RewardObjective, load_family, load_objective
-from .checkpoint import load_state, save_state
+from .checkpoint import gather_state, load_state, save_state
 from .config import TrainConfig, read_prompts
 from .families.base import VideoFamily
 from .lora.adapters import add_trainable, export
-from .lora.formats import write_lora
+from .lora.formats import Lora, write_lora
 from .sampler import sample
+from .sharding import full, shard, wants_fsdp
 from .steps import grad_steps
 
 ADAPTER = "reward_train"
@@ -53,6 +55,8 @@ class RewardBackprop:
         self.objective = objective
         self.accelerator = accelerator
         self.rank = accelerator.process_index if accelerator else 0
+        self.main = accelerator.is_main_process if accelerator else True
+        self.sharded = wants_fsdp(config.fsdp, accelerator)
         self.prompts = config.prompts or read_prompts(Path(config.prompts_file))
         transformers = family.transformers
         self.expert = config.expert if config.expert in transformers else next(iter(transformers))
@@ -66,6 +70,11 @@ class RewardBackprop:
             self.transformer.enable_gradient_checkpointing()
         if config.vae_gradient_checkpointing:
             family.vae.enable_gradient_checkpointing()
+        if self.sharded:
+            for module in transformers.values():
+                shard(module, family.device)
+            named = dict(self.transformer.named_parameters())
+            self.params = {name: named[name] for name in self.params}  # sharding replaced them with DTensors
         self.optimizer = self._optimizer()
         self.step = 0
         self.autocast = (torch.autocast(family.device.type, dtype=family.dtype)
@@ -131,8 +140,9 @@ class RewardBackprop:
         params = list(self.params.values())
         if self.accelerator is not None and self.accelerator.num_processes > 1:
             loss, reward = self.accelerator.reduce(torch.stack([loss, reward]).to(self.accelerator.device), "mean").cpu()
-            self._average_gradients(params)
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], c.max_grad_norm)
+            if not self.sharded:
+                self._average_gradients(params)
+        grad_norm = full(torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], c.max_grad_norm))
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
             what = "loss" if not torch.isfinite(loss) else "gradient norm"
             raise TrainingDiverged(f"the {what} became {float(loss if what == 'loss' else grad_norm)} at step {self.step + 1}")
@@ -163,10 +173,13 @@ class RewardBackprop:
 
     def save(self, folder: Path) -> None:
         """A checkpoint: the LoRA in the published format (loadable as it is) plus the exact trainer state."""
+        lora, state = self._lora(), gather_state(self.step, self.params, self.optimizer)
+        if not self.main:
+            return
         temporary = folder.with_name(f".{folder.name}.tmp")
         temporary.mkdir(parents=True, exist_ok=True)
-        self.write_lora(temporary / "lora.safetensors")
-        save_state(temporary, self.step, self.params, self.optimizer)
+        write_lora(lora, temporary / "lora.safetensors", "videox")
+        save_state(temporary, state)
         if folder.exists():
             import shutil
 
@@ -176,6 +189,11 @@ class RewardBackprop:
     def load(self, folder: Path) -> None:
         self.step = load_state(folder, self.params, self.optimizer)
 
+    def _lora(self) -> Lora:
+        return export(self.transformer, self.family.lora_family, ADAPTER, dtype=self.family.dtype)
+
     def write_lora(self, path: Path) -> Path:
-        """The trained LoRA in the published reward-LoRA format (what the LoRA nodes and ComfyUI's loader read)."""
-        return write_lora(export(self.transformer, self.family.lora_family, ADAPTER, dtype=self.family.dtype), path, "videox")
+        """The trained LoRA in the published reward-LoRA format (what the LoRA nodes and ComfyUI's loader read); the
+        main process writes it."""
+        lora = self._lora()
+        return write_lora(lora, path, "videox") if self.main else path

@@ -27,8 +27,18 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return DTYPES[precision]
 
 
-def load_family(config: TrainConfig, dtype: torch.dtype, device: torch.device) -> VideoFamily:
-    """The config's model, loaded strictly from its files, on `device`."""
+def load_family(config: TrainConfig, dtype: torch.dtype, device: torch.device, sharded: bool = False) -> VideoFamily:
+    """The config's model, loaded strictly from its files, on `device`. With `sharded` the transformers stay on the
+    CPU, for `sharding.shard` to move only this process's slice of them to `device`."""
+    family = _load_family(config, dtype, torch.device("cpu") if sharded else device, config.offload_idle_expert and not sharded)
+    if sharded:
+        from .families.memory import apply_memory_mode, components
+
+        apply_memory_mode(family, "full", device, [name for name in components(family) if name not in family.transformers])
+    return family
+
+
+def _load_family(config: TrainConfig, dtype: torch.dtype, device: torch.device, offload_idle: bool) -> VideoFamily:
     if config.family == "cogvideox":
         from .families.cogvideox import CogVideoXFun
 
@@ -40,7 +50,7 @@ def load_family(config: TrainConfig, dtype: torch.dtype, device: torch.device) -
     from .families.wan import Wan22
 
     files = {k: Path(config.model[k]) for k in ("high", "low", "vae", "text_encoder")}
-    return Wan22.load(**files, dtype=dtype, device=device, offload_idle=config.offload_idle_expert)
+    return Wan22.load(**files, dtype=dtype, device=device, offload_idle=offload_idle)
 
 
 @dataclass

@@ -78,6 +78,7 @@ class TrainConfig:
     seed: int = 42
     precision: str = "auto"
     device: str = "auto"
+    fsdp: bool = False  # shard the transformers across the processes of `accelerate launch` (see training.sharding)
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the first setting that cannot work."""
@@ -104,6 +105,8 @@ class TrainConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
+        if self.fsdp and self.optimizer == "adamw8bit":
+            raise ValueError("the 8-bit AdamW optimizer does not work on FSDP-sharded weights; use adamw with fsdp")
         if self.vae_gradient_checkpointing and self.family != "cogvideox":
             raise ValueError(f"VAE gradient checkpointing works for the CogVideoX VAE only; {self.family}'s VAE does not support it")
         return self

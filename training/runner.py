@@ -16,6 +16,7 @@ from .backprop import RewardBackprop, TrainingDiverged
 from .build import load_family, load_objective, resolve_device, resolve_dtype
 from .config import TrainConfig, read_prompts
 from .jobs import Job, export_lora
+from .sharding import full, held_fraction, wants_fsdp
 
 KEEP_CHECKPOINTS = 3
 LOCK_FILE = ".gpu.lock"
@@ -101,48 +102,54 @@ def _train(job: Job, config: TrainConfig, accelerator) -> str:
     dtype = resolve_dtype(config.precision, device)
     if main:
         job.set_status("running", "loading the models", step=job.latest_checkpoint_step(), max_steps=config.max_steps)
-    family = load_family(config, dtype, device)
+    family = load_family(config, dtype, device, sharded=wants_fsdp(config.fsdp, accelerator))
     objective = load_objective(config, dtype, device)
     prompts = config.prompts or read_prompts(Path(config.prompts_file))
     family.encode(list(dict.fromkeys([*prompts, *config.validation_prompts, config.negative_prompt])))
     family.release_text_encoders()
     trainer = RewardBackprop(config, family, objective, accelerator)
+    if trainer.sharded and main:
+        print(f"FSDP over {accelerator.num_processes} processes: this one holds {held_fraction(trainer.transformer):.1%} "
+              f"of the {trainer.expert} transformer's weights", flush=True)
     latest = job.latest_checkpoint()
     if latest is not None:
         trainer.load(latest)
         if main:
             job.truncate_metrics(trainer.step)
             print(f"resumed from {latest.name}", flush=True)
-    if trainer.step == 0 and config.validation_prompts and main:
-        job.append_metrics({"step": 0, "val_reward": trainer.evaluate(config.validation_prompts)})
+    if trainer.step == 0 and config.validation_prompts:  # every process samples: sharded weights need them all
+        val_reward = trainer.evaluate(config.validation_prompts)
+        if main:
+            job.append_metrics({"step": 0, "val_reward": val_reward})
     bar = tqdm(total=config.max_steps, initial=trainer.step, desc=f"training {job.id}", disable=not main)
     while trainer.step < config.max_steps:
         if _cancelled(job, accelerator):
+            _checkpoint(job, trainer)
             if main:
-                _checkpoint(job, trainer)
                 job.set_status("cancelled", f"cancelled at step {trainer.step}; checkpoint saved (resume continues from it)",
                                step=trainer.step, resumable=True)
             return "cancelled"
         record = trainer.train_step()
         last = trainer.step == config.max_steps
-        if config.validation_prompts and (trainer.step % config.validation_every == 0 or last) and main:
+        if config.validation_prompts and (trainer.step % config.validation_every == 0 or last):
             record["val_reward"] = trainer.evaluate(config.validation_prompts)
         if main:
             job.append_metrics(record)
+        if trainer.step % config.checkpoint_every == 0 or last:
+            _checkpoint(job, trainer)
+        if main:
             if trainer.step % config.sample_every == 0 or last or trainer.step == 1:
                 job.samples.mkdir(exist_ok=True)
                 save_image(trainer.last_frames, job.samples / "latest.png")
                 shutil.copyfile(job.samples / "latest.png", job.samples / f"step-{trainer.step:06d}.png")
-            if trainer.step % config.checkpoint_every == 0 or last:
-                _checkpoint(job, trainer)
             job.set_status("running", f"step {trainer.step}/{config.max_steps}", step=trainer.step,
                            loss=record["loss"], reward=record["reward"])
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4g}", reward=f"{record['reward']:.4g}")
     bar.close()
     checksums = _rank_checksums(trainer, accelerator)
+    trainer.write_lora(job.lora)
     if main:
-        trainer.write_lora(job.lora)
         exported = export_lora(job)
         job.set_status("finished", f"trained {trainer.step} steps", step=trainer.step, lora=str(exported or job.lora),
                        rank_checksums=checksums)
@@ -151,11 +158,12 @@ def _train(job: Job, config: TrainConfig, accelerator) -> str:
 
 def _rank_checksums(trainer: RewardBackprop, accelerator) -> list[float]:
     """A checksum of the LoRA on every process: equal values show the data-parallel updates stayed in sync."""
-    total = torch.stack([p.detach().double().sum() for p in trainer.params.values()]).sum().reshape(1)
+    total = torch.stack([full(p.detach()).double().sum() for p in trainer.params.values()]).sum().reshape(1)
     return accelerator.gather(total.to(accelerator.device)).tolist()
 
 
 def _checkpoint(job: Job, trainer: RewardBackprop) -> None:
+    """Called by every process (sharded state is gathered); the main one writes and prunes."""
     trainer.save(job.checkpoints / f"step-{trainer.step:06d}")
-    for old in job.checkpoint_dirs()[:-KEEP_CHECKPOINTS]:
+    for old in job.checkpoint_dirs()[:-KEEP_CHECKPOINTS] if trainer.main else ():
         shutil.rmtree(old, ignore_errors=True)

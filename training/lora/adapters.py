@@ -170,13 +170,14 @@ def add_trainable(model: nn.Module, family: str, rank: int, alpha: float, target
 
 def export(model: nn.Module, family: str, adapter: str = "reward_train", dtype: torch.dtype | None = None) -> Lora:
     """The adapter as a `Lora` keyed by the family's original names, ready to write in the published format."""
+    from ..sharding import full
     from .formats import LoraModule
     from .keymap import from_diffusers
 
     modules = {}
     for name, layer in model.named_modules():
         if name and hasattr(layer, "lora_A") and adapter in layer.lora_A:
-            down, up = layer.lora_A[adapter].weight.detach(), layer.lora_B[adapter].weight.detach()
+            down, up = full(layer.lora_A[adapter].weight.detach()), full(layer.lora_B[adapter].weight.detach())
             modules[from_diffusers(family, name)] = LoraModule(
                 down.to(dtype or down.dtype).cpu().contiguous(), up.to(dtype or up.dtype).cpu().contiguous(),
                 float(layer.lora_alpha[adapter]))
