@@ -216,6 +216,9 @@ def test_accelerate_two_processes_keep_one_lora(models, tmp_path):
     assert status["state"] == "finished"
     checksums = status["rank_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1] != 0
+    sharded, output = _launch(tiny_config(models, max_steps=3, validation_prompts=[], fsdp=True), tmp_path / "fsdp")
+    assert "FSDP over 2 processes" in output  # CogVideoX-Fun's blocks shard too, to the same LoRA
+    assert sharded["rank_checksums"] == pytest.approx(checksums, rel=1e-4)
 
 
 def test_fsdp_trains_what_data_parallel_trains_and_resumes(models, tmp_path):
