@@ -5,7 +5,8 @@ Every random draw of a training step (prompts, noise, chosen steps) comes from a
 micro-batch, process), so a run resumed from a checkpoint repeats the uninterrupted run's losses exactly, and
 each data-parallel process draws its own batch. With several processes the LoRA gradients are averaged through
 accelerate before clipping, so every process applies the same update; under FSDP (`training.sharding`) the sharded
-backward averages them, and saving gathers the slices (every process calls `save`, the main one writes).
+backward averages them, and under DeepSpeed (`training.zero`) the engine reduces, clips and steps; saving gathers
+the slices (every process calls `save`, the main one writes).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 
 from ..reward.composite import reward_loss, select_frames
 from .build import RewardObjective, load_family, load_objective
+from . import zero
 from .checkpoint import gather_state, load_state, save_state
 from .config import TrainConfig, read_prompts
 from .families.base import VideoFamily
@@ -76,6 +78,13 @@ class RewardBackprop:
             named = dict(self.transformer.named_parameters())
             self.params = {name: named[name] for name in self.params}  # sharding replaced them with DTensors
         self.optimizer = self._optimizer()
+        self.engine = None
+        if zero.in_use(accelerator):
+            for note in zero.configure(accelerator, config):
+                if self.main:
+                    print(note, flush=True)
+            self.engine = zero.wrap(accelerator, self.transformer, self.optimizer)
+            family.route(self.expert, self.engine)
         self.step = 0
         self.autocast = (torch.autocast(family.device.type, dtype=family.dtype)
                          if family.dtype != torch.float32 else contextlib.nullcontext())
@@ -121,7 +130,8 @@ class RewardBackprop:
         """One optimizer step (over `accumulation` micro-batches); returns its metrics."""
         c = self.config
         started = time.perf_counter()
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.engine is None:
+            self.optimizer.zero_grad(set_to_none=True)
         losses, rewards = [], []
         sample_frames = None
         for micro in range(c.accumulation):
@@ -132,7 +142,11 @@ class RewardBackprop:
                 frames = self.decoded_frames(prompts, generator, chosen)
                 reward = self._rewards(frames, prompts, seed=c.seed + self.step)
                 loss = reward_loss(reward, self.objective.form, self.objective.target, self.objective.scale)
-            (loss / c.accumulation).backward()
+            if self.engine is None:
+                (loss / c.accumulation).backward()
+            else:  # the engine divides by the accumulation, and reduces, clips and steps after the last micro-batch
+                self.engine.backward(loss)
+                self.engine.step()
             losses.append(loss.detach().float())
             rewards.append(reward.detach().float().mean())
             sample_frames = frames.detach()[:, 0].float().cpu()
@@ -140,13 +154,17 @@ class RewardBackprop:
         params = list(self.params.values())
         if self.accelerator is not None and self.accelerator.num_processes > 1:
             loss, reward = self.accelerator.reduce(torch.stack([loss, reward]).to(self.accelerator.device), "mean").cpu()
-            if not self.sharded:
+            if not self.sharded and self.engine is None:
                 self._average_gradients(params)
-        grad_norm = full(torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], c.max_grad_norm))
+        if self.engine is None:
+            grad_norm = full(torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], c.max_grad_norm))
+        else:  # ZeRO skips the update of a non-finite gradient, so the weights stay those of the last good step
+            grad_norm = torch.tensor(float(self.engine.get_global_grad_norm() if self.engine.was_step_applied() else "nan"))
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
             what = "loss" if not torch.isfinite(loss) else "gradient norm"
             raise TrainingDiverged(f"the {what} became {float(loss if what == 'loss' else grad_norm)} at step {self.step + 1}")
-        self.optimizer.step()
+        if self.engine is None:
+            self.optimizer.step()
         self.step += 1
         self.last_frames = sample_frames
         return {"step": self.step, "loss": float(loss), "reward": float(reward), "grad_norm": float(grad_norm),
@@ -173,7 +191,7 @@ class RewardBackprop:
 
     def save(self, folder: Path) -> None:
         """A checkpoint: the LoRA in the published format (loadable as it is) plus the exact trainer state."""
-        lora, state = self._lora(), gather_state(self.step, self.params, self.optimizer)
+        lora, state = self._lora(), self._state()
         if not self.main:
             return
         temporary = folder.with_name(f".{folder.name}.tmp")
@@ -186,11 +204,24 @@ class RewardBackprop:
             shutil.rmtree(folder)
         temporary.rename(folder)
 
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        if self.engine is None:
+            return gather_state(self.step, self.params, self.optimizer)
+        return zero.gather_state(self.step, self.params, self.engine)
+
     def load(self, folder: Path) -> None:
-        self.step = load_state(folder, self.params, self.optimizer)
+        if self.engine is None:
+            self.step = load_state(folder, self.params, self.optimizer)
+        else:
+            self.step = zero.load_state(folder, self.params, self.engine)
+
+    def whole_params(self) -> contextlib.AbstractContextManager:
+        """Inside, the LoRA weights are whole on every process (DeepSpeed stage 3 partitions them otherwise)."""
+        return zero.gathered(self.params.values()) if self.engine is not None else contextlib.nullcontext()
 
     def _lora(self) -> Lora:
-        return export(self.transformer, self.family.lora_family, ADAPTER, dtype=self.family.dtype)
+        with self.whole_params():
+            return export(self.transformer, self.family.lora_family, ADAPTER, dtype=self.family.dtype)
 
     def write_lora(self, path: Path) -> Path:
         """The trained LoRA in the published reward-LoRA format (what the LoRA nodes and ComfyUI's loader read); the

@@ -16,6 +16,7 @@ from .backprop import RewardBackprop, TrainingDiverged
 from .build import load_family, load_objective, resolve_device, resolve_dtype
 from .config import TrainConfig, read_prompts
 from .jobs import Job, export_lora
+from . import zero
 from .sharding import full, held_fraction, wants_fsdp
 
 KEEP_CHECKPOINTS = 3
@@ -51,11 +52,9 @@ def _wait_for_gpu(job: Job, main: bool):
 
 def run_job(path: Path) -> str:
     """Run (or resume) the job in `path`; returns its final state."""
-    from accelerate import Accelerator
-
     job = Job(Path(path))
     config = job.config()
-    accelerator = Accelerator(cpu=resolve_device(config.device).type == "cpu")
+    accelerator = zero.make_accelerator(cpu=resolve_device(config.device).type == "cpu")
     try:
         state = _run(job, config, accelerator)
         if state != "failed":  # a failed rank may never reach the barrier
@@ -111,6 +110,9 @@ def _train(job: Job, config: TrainConfig, accelerator) -> str:
     if trainer.sharded and main:
         print(f"FSDP over {accelerator.num_processes} processes: this one holds {held_fraction(trainer.transformer):.1%} "
               f"of the {trainer.expert} transformer's weights", flush=True)
+    if trainer.engine is not None and main:
+        print(f"DeepSpeed ZeRO-{zero.stage(trainer.engine)} over {accelerator.num_processes} processes: this one holds "
+              f"{zero.held_fraction(trainer.transformer):.1%} of the {trainer.expert} transformer's weights", flush=True)
     latest = job.latest_checkpoint()
     if latest is not None:
         trainer.load(latest)
@@ -158,7 +160,8 @@ def _train(job: Job, config: TrainConfig, accelerator) -> str:
 
 def _rank_checksums(trainer: RewardBackprop, accelerator) -> list[float]:
     """A checksum of the LoRA on every process: equal values show the data-parallel updates stayed in sync."""
-    total = torch.stack([full(p.detach()).double().sum() for p in trainer.params.values()]).sum().reshape(1)
+    with trainer.whole_params():
+        total = torch.stack([full(p.detach()).double().sum() for p in trainer.params.values()]).sum().reshape(1)
     return accelerator.gather(total.to(accelerator.device)).tolist()
 
 

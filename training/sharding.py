@@ -19,8 +19,7 @@ def wants_fsdp(fsdp: bool, accelerator: Any) -> bool:
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise ValueError('DeepSpeed is not supported; for ZeRO-3-style sharding of the model set "fsdp": true in the '
-                         "training config and launch with accelerate's --multi_gpu")
+        return False  # DeepSpeed partitions instead (training.zero), and refuses fsdp: true
     return fsdp or accelerator.distributed_type == DistributedType.FSDP
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -39,6 +39,7 @@ class VideoFamily(ABC):
         self.dtype = dtype
         self.device = device
         self._text_cache: dict[str, TextEmbeddings] = {}
+        self._callers: dict[str, Callable[..., Any]] = {}
 
     @property
     def transformers(self) -> dict[str, nn.Module]:
@@ -48,6 +49,13 @@ class VideoFamily(ABC):
     def expert(self, t: torch.Tensor | float) -> str:
         """The name (in `transformers`) of the transformer that denoises at timestep `t`."""
         return "transformer"
+
+    def route(self, name: str, caller: Callable[..., Any]) -> None:
+        """Call the transformer `name` through `caller` (a wrapper of it, such as a DeepSpeed engine) to denoise."""
+        self._callers[name] = caller
+
+    def _caller(self, name: str) -> Callable[..., Any]:
+        return self._callers.get(name) or self.transformers[name]
 
     @abstractmethod
     def new_scheduler(self) -> Any:

@@ -104,7 +104,7 @@ class CogVideoXFun(VideoFamily):
     def predict(self, latents: torch.Tensor, t: torch.Tensor, text: TextEmbeddings, condition: torch.Tensor) -> torch.Tensor:
         batch, frames, _, height, width = latents.shape
         hidden = torch.cat([latents.to(self.dtype), condition.to(self.dtype)], dim=2)
-        out = self.transformer(
+        out = self._caller("transformer")(
             hidden_states=hidden,
             encoder_hidden_states=text.tensors["embeds"],
             timestep=t.expand(batch).to(self.device),

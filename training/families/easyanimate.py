@@ -155,7 +155,7 @@ class EasyAnimate(VideoFamily):
                                    self.dtype, self.device)
 
     def predict(self, latents: torch.Tensor, t: torch.Tensor, text: TextEmbeddings, condition: torch.Tensor) -> torch.Tensor:
-        out = self.transformer(
+        out = self._caller("transformer")(
             hidden_states=latents.to(self.dtype),
             timestep=t.expand(latents.shape[0]).to(self.device, self.dtype),
             encoder_hidden_states=text.tensors["embeds"],

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -272,7 +272,7 @@ class Wan22(VideoFamily):
         mask[:, :, 0] = 1.0
         return torch.cat([mask, (encoded - mean) / std], dim=1).to(self.device, self.dtype)
 
-    def _running(self, name: str) -> nn.Module:
+    def _running(self, name: str) -> Callable[..., Any]:
         """The expert `name`, on the device; with `offload_idle` the other one goes to the CPU unless it is training."""
         experts = self.transformers
         if self.offload_idle:
@@ -280,7 +280,7 @@ class Wan22(VideoFamily):
                 if other_name != name and not any(p.requires_grad for p in other.parameters()):
                     other.to("cpu")
             experts[name].to(self.device)
-        return experts[name]
+        return self._caller(name)
 
     def predict(self, latents: torch.Tensor, t: torch.Tensor, text: TextEmbeddings, condition: torch.Tensor) -> torch.Tensor:
         model = self._running(self.expert(t))
