@@ -235,11 +235,21 @@ def test_accelerate_two_processes_keep_one_lora(models, tmp_path):
         assert partitioned["rank_checksums"] == pytest.approx(checksums, rel=1e-4)
 
 
-def test_fsdp_trains_what_data_parallel_trains_and_resumes(models, tmp_path):
+WAN_SETTINGS = dict(max_steps=3, checkpoint_every=1, validation_prompts=[], gradient_checkpointing=True)
+
+
+@pytest.fixture(scope="module")
+def wan_ddp(models, tmp_path_factory) -> Job:
+    """Tiny Wan2.2 trained 3 steps by plain data parallelism on 2 processes: what the sharded runs must match."""
+    output = tmp_path_factory.mktemp("wan_ddp") / "ddp"
+    _launch(tiny_config(models, "wan2.2", **WAN_SETTINGS), output)
+    return Job(output)
+
+
+def test_fsdp_trains_what_data_parallel_trains_and_resumes(models, tmp_path, wan_ddp):
     """Two processes with sharded weights (Wan2.2, both experts sharded, gradient checkpointing on) end with the LoRA
     plain data parallelism trains, also when the sharded run stops at step 2 and resumes from its checkpoint."""
-    settings = dict(max_steps=3, checkpoint_every=1, validation_prompts=[], gradient_checkpointing=True)
-    _launch(tiny_config(models, "wan2.2", **settings), tmp_path / "ddp")
+    settings = WAN_SETTINGS
     _launch(tiny_config(models, "wan2.2", fsdp=True, **{**settings, "max_steps": 2}), tmp_path / "fsdp")
     resumed = Job(tmp_path / "fsdp")
     resumed.path.joinpath("config.json").write_text(tiny_config(models, "wan2.2", fsdp=True, **settings).to_json())
@@ -247,24 +257,24 @@ def test_fsdp_trains_what_data_parallel_trains_and_resumes(models, tmp_path):
     assert status["state"] == "finished" and "resumed from step-000002" in output
     held = re.search(r"FSDP over 2 processes: this one holds ([\d.]+)% of the low transformer's weights", output)
     assert held and 45 < float(held.group(1)) < 55, output[-2000:]
-    ddp, fsdp = read_lora(Job(tmp_path / "ddp").lora), read_lora(resumed.lora)
+    ddp, fsdp = read_lora(wan_ddp.lora), read_lora(resumed.lora)
     assert fsdp.modules.keys() == ddp.modules.keys() and len(ddp.modules) > 0
     moved = max(float(m.up.abs().max()) for m in ddp.modules.values())
     assert moved > 1e-3  # three steps at lr 1e-2 moved the LoRA (B starts at zero)
     difference = max(float((a.up - ddp.modules[k].up).abs().max()) for k, a in fsdp.modules.items())
     assert difference < 1e-3 * moved, difference  # only the order of the float sums differs (measured: 2e-4)
-    metrics = [Job(tmp_path / run).metrics() for run in ("ddp", "fsdp")]
+    metrics = [wan_ddp.metrics(), resumed.metrics()]
     for key in ("loss", "grad_norm"):  # equal gradient norms: the sharded backward averages, as DDP does
         assert [m[key] for m in metrics[1]] == pytest.approx([m[key] for m in metrics[0]], rel=1e-5)
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_zero_trains_what_data_parallel_trains_and_resumes(models, tmp_path, stage):
+def test_deepspeed_zero_trains_what_data_parallel_trains_and_resumes(models, tmp_path, stage, wan_ddp):
     """Under a DeepSpeed launch config the trained Wan2.2 expert becomes a ZeRO engine (stage 3 partitions its weights
     too, here with the seeds' CPU offload of weights and optimizer); two processes end with the LoRA plain data
     parallelism trains, also across a stop and resume. Stage 2 comes from a DeepSpeed JSON with "auto" entries."""
     pytest.importorskip("deepspeed")
-    settings = dict(max_steps=3, checkpoint_every=1, validation_prompts=[], gradient_checkpointing=True)
+    settings = WAN_SETTINGS
     if stage == 2:
         auto = dict.fromkeys(["train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps",
                               "gradient_clipping"], "auto")
@@ -273,7 +283,6 @@ def test_deepspeed_zero_trains_what_data_parallel_trains_and_resumes(models, tmp
         zero_config = {"deepspeed_config_file": str(tmp_path / "ds.json"), "zero3_init_flag": False}
     else:
         zero_config = {"zero_stage": 3, "offload_optimizer_device": "cpu", "offload_param_device": "cpu"}
-    _launch(tiny_config(models, "wan2.2", **settings), tmp_path / "ddp")
     _launch(tiny_config(models, "wan2.2", **{**settings, "max_steps": 2}), tmp_path / "zero", zero_config)
     resumed = Job(tmp_path / "zero")
     resumed.path.joinpath("config.json").write_text(tiny_config(models, "wan2.2", **settings).to_json())
@@ -281,14 +290,14 @@ def test_deepspeed_zero_trains_what_data_parallel_trains_and_resumes(models, tmp
     assert status["state"] == "finished" and "resumed from step-000002" in output, output[-3000:]
     held = re.search(rf"DeepSpeed ZeRO-{stage} over 2 processes: this one holds ([\d.]+)% of the low transformer", output)
     assert held and (45 < float(held.group(1)) < 55 if stage == 3 else float(held.group(1)) == 100), output[-2000:]
-    ddp, partitioned = read_lora(Job(tmp_path / "ddp").lora), read_lora(Job(tmp_path / "zero").lora)
+    ddp, partitioned = read_lora(wan_ddp.lora), read_lora(resumed.lora)
     assert partitioned.modules.keys() == ddp.modules.keys() and len(ddp.modules) > 0
     moved = max(float(m.up.abs().max()) for m in ddp.modules.values())
     difference = max(float((a.up - ddp.modules[k].up).abs().max()) for k, a in partitioned.modules.items())
     # the reduction order differs, and AdamW's eps of 1e-10 magnifies it on near-zero gradients (measured 2.6e-4 and
     # 8.1e-4 of the change for stages 2 and 3; a straight 3-step stage-3 run ends on the resumed run's LoRA exactly)
     assert moved > 1e-3 and difference < 3e-3 * moved, (difference, moved)
-    metrics = [Job(tmp_path / run).metrics() for run in ("ddp", "zero")]
+    metrics = [wan_ddp.metrics(), resumed.metrics()]
     for key in ("loss", "grad_norm"):
         assert [m[key] for m in metrics[1]] == pytest.approx([m[key] for m in metrics[0]], rel=1e-5)
 
