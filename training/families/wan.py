@@ -273,13 +273,15 @@ class Wan22(VideoFamily):
         return torch.cat([mask, (encoded - mean) / std], dim=1).to(self.device, self.dtype)
 
     def _running(self, name: str) -> Callable[..., Any]:
-        """The expert `name`, on the device; with `offload_idle` the other one goes to the CPU unless it is training."""
+        """The expert `name`, on the device; with `offload_idle` the other one goes to the CPU unless it is training.
+        A routed expert (a DeepSpeed engine's) is placed by its wrapper."""
         experts = self.transformers
         if self.offload_idle:
             for other_name, other in experts.items():
                 if other_name != name and not any(p.requires_grad for p in other.parameters()):
                     other.to("cpu")
-            experts[name].to(self.device)
+            if name not in self._callers:
+                experts[name].to(self.device)
         return self._caller(name)
 
     def predict(self, latents: torch.Tensor, t: torch.Tensor, text: TextEmbeddings, condition: torch.Tensor) -> torch.Tensor:
