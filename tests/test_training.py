@@ -246,26 +246,37 @@ def wan_ddp(models, tmp_path_factory) -> Job:
     return Job(output)
 
 
+def _stop_at_two_and_resume(models, output: Path, deepspeed: dict | None = None, **overrides) -> tuple[Job, str]:
+    """Train tiny Wan2.2 with WAN_SETTINGS on 2 processes into `output`, stopping after step 2, then resume it to step
+    3; returns the job and the resumed launch's output."""
+    _launch(tiny_config(models, "wan2.2", **{**WAN_SETTINGS, **overrides, "max_steps": 2}), output, deepspeed)
+    resumed = Job(output)
+    resumed.path.joinpath("config.json").write_text(tiny_config(models, "wan2.2", **WAN_SETTINGS, **overrides).to_json())
+    status, printed = _launch(resumed.config(), output, deepspeed)
+    assert status["state"] == "finished" and "resumed from step-000002" in printed, printed[-3000:]
+    return resumed, printed
+
+
+def _assert_trains_like(ddp: Job, run: Job, lora_bound: float) -> None:
+    """`run` ends with `ddp`'s LoRA (within `lora_bound` of its change), with equal losses and gradient norms: equal
+    norms show the gradients are averaged as DDP averages them."""
+    reference, trained = read_lora(ddp.lora), read_lora(run.lora)
+    assert trained.modules.keys() == reference.modules.keys() and len(reference.modules) > 0
+    moved = max(float(m.up.abs().max()) for m in reference.modules.values())
+    assert moved > 1e-3  # three steps at lr 1e-2 moved the LoRA (B starts at zero)
+    difference = max(float((a.up - reference.modules[k].up).abs().max()) for k, a in trained.modules.items())
+    assert difference < lora_bound * moved, (difference, moved)
+    for key in ("loss", "grad_norm"):
+        assert [m[key] for m in run.metrics()] == pytest.approx([m[key] for m in ddp.metrics()], rel=1e-5)
+
+
 def test_fsdp_trains_what_data_parallel_trains_and_resumes(models, tmp_path, wan_ddp):
     """Two processes with sharded weights (Wan2.2, both experts sharded, gradient checkpointing on) end with the LoRA
     plain data parallelism trains, also when the sharded run stops at step 2 and resumes from its checkpoint."""
-    settings = WAN_SETTINGS
-    _launch(tiny_config(models, "wan2.2", fsdp=True, **{**settings, "max_steps": 2}), tmp_path / "fsdp")
-    resumed = Job(tmp_path / "fsdp")
-    resumed.path.joinpath("config.json").write_text(tiny_config(models, "wan2.2", fsdp=True, **settings).to_json())
-    status, output = _launch(resumed.config(), tmp_path / "fsdp")
-    assert status["state"] == "finished" and "resumed from step-000002" in output
+    resumed, output = _stop_at_two_and_resume(models, tmp_path / "fsdp", fsdp=True)
     held = re.search(r"FSDP over 2 processes: this one holds ([\d.]+)% of the low transformer's weights", output)
     assert held and 45 < float(held.group(1)) < 55, output[-2000:]
-    ddp, fsdp = read_lora(wan_ddp.lora), read_lora(resumed.lora)
-    assert fsdp.modules.keys() == ddp.modules.keys() and len(ddp.modules) > 0
-    moved = max(float(m.up.abs().max()) for m in ddp.modules.values())
-    assert moved > 1e-3  # three steps at lr 1e-2 moved the LoRA (B starts at zero)
-    difference = max(float((a.up - ddp.modules[k].up).abs().max()) for k, a in fsdp.modules.items())
-    assert difference < 1e-3 * moved, difference  # only the order of the float sums differs (measured: 2e-4)
-    metrics = [wan_ddp.metrics(), resumed.metrics()]
-    for key in ("loss", "grad_norm"):  # equal gradient norms: the sharded backward averages, as DDP does
-        assert [m[key] for m in metrics[1]] == pytest.approx([m[key] for m in metrics[0]], rel=1e-5)
+    _assert_trains_like(wan_ddp, resumed, 1e-3)  # only the order of the float sums differs (measured: 2e-4)
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -274,7 +285,6 @@ def test_deepspeed_zero_trains_what_data_parallel_trains_and_resumes(models, tmp
     too, here with the seeds' CPU offload of weights and optimizer); two processes end with the LoRA plain data
     parallelism trains, also across a stop and resume. Stage 2 comes from a DeepSpeed JSON with "auto" entries."""
     pytest.importorskip("deepspeed")
-    settings = WAN_SETTINGS
     if stage == 2:
         auto = dict.fromkeys(["train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps",
                               "gradient_clipping"], "auto")
@@ -283,23 +293,12 @@ def test_deepspeed_zero_trains_what_data_parallel_trains_and_resumes(models, tmp
         zero_config = {"deepspeed_config_file": str(tmp_path / "ds.json"), "zero3_init_flag": False}
     else:
         zero_config = {"zero_stage": 3, "offload_optimizer_device": "cpu", "offload_param_device": "cpu"}
-    _launch(tiny_config(models, "wan2.2", **{**settings, "max_steps": 2}), tmp_path / "zero", zero_config)
-    resumed = Job(tmp_path / "zero")
-    resumed.path.joinpath("config.json").write_text(tiny_config(models, "wan2.2", **settings).to_json())
-    status, output = _launch(resumed.config(), tmp_path / "zero", zero_config)
-    assert status["state"] == "finished" and "resumed from step-000002" in output, output[-3000:]
+    resumed, output = _stop_at_two_and_resume(models, tmp_path / "zero", zero_config)
     held = re.search(rf"DeepSpeed ZeRO-{stage} over 2 processes: this one holds ([\d.]+)% of the low transformer", output)
     assert held and (45 < float(held.group(1)) < 55 if stage == 3 else float(held.group(1)) == 100), output[-2000:]
-    ddp, partitioned = read_lora(wan_ddp.lora), read_lora(resumed.lora)
-    assert partitioned.modules.keys() == ddp.modules.keys() and len(ddp.modules) > 0
-    moved = max(float(m.up.abs().max()) for m in ddp.modules.values())
-    difference = max(float((a.up - ddp.modules[k].up).abs().max()) for k, a in partitioned.modules.items())
     # the reduction order differs, and AdamW's eps of 1e-10 magnifies it on near-zero gradients (measured 2.6e-4 and
     # 8.1e-4 of the change for stages 2 and 3; a straight 3-step stage-3 run ends on the resumed run's LoRA exactly)
-    assert moved > 1e-3 and difference < 3e-3 * moved, (difference, moved)
-    metrics = [wan_ddp.metrics(), resumed.metrics()]
-    for key in ("loss", "grad_norm"):
-        assert [m[key] for m in metrics[1]] == pytest.approx([m[key] for m in metrics[0]], rel=1e-5)
+    _assert_trains_like(wan_ddp, resumed, 3e-3)
 
 
 def test_deepspeed_config_follows_the_training_config():

@@ -83,7 +83,7 @@ class RewardBackprop:
             for note in zero.configure(accelerator, config):
                 if self.main:
                     print(note, flush=True)
-            self.engine = zero.wrap(accelerator, self.transformer, self.optimizer)
+            self.engine, _ = accelerator.prepare(self.transformer, self.optimizer)
             family.route(self.expert, self.engine)
         self.step = 0
         self.autocast = (torch.autocast(family.device.type, dtype=family.dtype)
@@ -217,7 +217,7 @@ class RewardBackprop:
 
     def whole_params(self) -> contextlib.AbstractContextManager:
         """Inside, the LoRA weights are whole on every process (DeepSpeed stage 3 partitions them otherwise)."""
-        return zero.gathered(self.params.values()) if self.engine is not None else contextlib.nullcontext()
+        return zero.gathered(self.params.values())
 
     def _lora(self) -> Lora:
         with self.whole_params():

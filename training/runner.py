@@ -107,12 +107,10 @@ def _train(job: Job, config: TrainConfig, accelerator) -> str:
     family.encode(list(dict.fromkeys([*prompts, *config.validation_prompts, config.negative_prompt])))
     family.release_text_encoders()
     trainer = RewardBackprop(config, family, objective, accelerator)
-    if trainer.sharded and main:
-        print(f"FSDP over {accelerator.num_processes} processes: this one holds {held_fraction(trainer.transformer):.1%} "
+    if main and (trainer.sharded or trainer.engine is not None):
+        scheme = "FSDP" if trainer.sharded else f"DeepSpeed ZeRO-{trainer.engine.zero_optimization_stage()}"
+        print(f"{scheme} over {accelerator.num_processes} processes: this one holds {held_fraction(trainer.transformer):.1%} "
               f"of the {trainer.expert} transformer's weights", flush=True)
-    if trainer.engine is not None and main:
-        print(f"DeepSpeed ZeRO-{zero.stage(trainer.engine)} over {accelerator.num_processes} processes: this one holds "
-              f"{zero.held_fraction(trainer.transformer):.1%} of the {trainer.expert} transformer's weights", flush=True)
     latest = job.latest_checkpoint()
     if latest is not None:
         trainer.load(latest)

@@ -42,10 +42,11 @@ def shard(model: nn.Module, device: torch.device) -> None:
 
 
 def held_fraction(model: nn.Module) -> float:
-    """The share of `model`'s weights this process holds."""
+    """The share of `model`'s weights this process holds: its FSDP slices, or its DeepSpeed stage-3 partitions."""
     params = list(model.parameters())
-    local = sum((p.to_local() if is_sharded(p) else p).numel() for p in params)
-    return local / sum(p.numel() for p in params)
+    local = sum(p.to_local().numel() if is_sharded(p) else p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
+                for p in params)
+    return local / sum(getattr(p, "ds_numel", p.numel()) for p in params)
 
 
 def is_sharded(tensor: torch.Tensor) -> bool:

@@ -68,32 +68,16 @@ def configure(accelerator: Any, config: Any) -> list[str]:
              for key, value in ours.items() if settings.get(key, "auto") not in ("auto", value)]
     settings.update(ours)
     for precision in ("bf16", "fp16"):
-        if settings.get(precision, {}).get("enabled") in (True, "auto"):
-            if settings[precision]["enabled"] is True:
-                notes.append(f"DeepSpeed {precision} turned off: the training config's precision ({config.precision}) sets "
-                             "the weights' dtype and the LoRA trains in float32")
+        enabled = settings.get(precision, {}).get("enabled", False)  # True, False or "auto"
+        if enabled is True:
+            notes.append(f"DeepSpeed {precision} turned off: the training config's precision ({config.precision}) sets "
+                         "the weights' dtype and the LoRA trains in float32")
+        if enabled:
             settings[precision] = {"enabled": False}
     zero = settings.setdefault("zero_optimization", {})
     if zero.get("offload_optimizer", {}).get("device", "none") != "none":
         settings.setdefault("zero_force_ds_cpu_optimizer", False)  # torch's AdamW on the (small) offloaded LoRA state
     return notes
-
-
-def wrap(accelerator: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Any:
-    """The DeepSpeed engine around `model` (the trained transformer) with `optimizer` on its LoRA."""
-    engine, _ = accelerator.prepare(model, optimizer)
-    return engine
-
-
-def stage(engine: Any) -> int:
-    return engine.zero_optimization_stage()
-
-
-def held_fraction(model: torch.nn.Module) -> float:
-    """The share of `model`'s weights this process holds (below 1 under stage 3)."""
-    params = list(model.parameters())
-    local = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in params)
-    return local / sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params)
 
 
 def gathered(params: Iterable[torch.nn.Parameter], modify: bool = False) -> contextlib.AbstractContextManager:
