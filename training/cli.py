@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from .config import TrainConfig
-from .jobs import Job, create_job, start, write_json_atomic
+from ..reward.files import write_json_atomic
+from .jobs import Job, create_job, start
 
 
 def prepare(output: Path, config: TrainConfig) -> Job:

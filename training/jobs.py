@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..reward.files import write_json_atomic
 from .config import TrainConfig
 
 STATES = ("queued", "running", "finished", "failed", "cancelled")
@@ -31,12 +32,6 @@ BOOTSTRAP = (
     f"sys.modules.setdefault('{PACKAGE}', types.ModuleType('{PACKAGE}')).__path__ = [root]; "
     f"from {PACKAGE}.training.cli import main; main(sys.argv[2:])"
 )
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=2))
-    os.replace(temporary, path)
 
 
 def _alive(pid: int | None) -> bool:
