@@ -6,6 +6,8 @@ from pathlib import Path
 
 import folder_paths
 
+from ..reward.files import resolve_inside
+
 REWARD_MODELS = "reward_models"
 # Folder names the VideoX-Fun / EasyAnimate ComfyUI nodes use, so existing downloads are found where they are.
 VIDEO_MODEL_FOLDERS = {"CogVideoX-Fun": "CogVideoX_Fun", "EasyAnimate": "EasyAnimate"}
@@ -31,6 +33,16 @@ def roots(name: str) -> list[Path]:
 
 def reward_model_roots() -> list[Path]:
     return roots(REWARD_MODELS)
+
+
+def model_entry(folder: str, name: str) -> Path:
+    """`name`, a file or folder in one of the `folder` model folders (as ComfyUI lists it: links the user made are
+    followed, names with `..` or absolute names refused), or an error that says where it was looked for."""
+    places = roots(folder)
+    found = resolve_inside(places, name, f"models/{folder}")
+    if found is None:
+        raise FileNotFoundError(f"'{name}' is not in models/{folder} (looked in: {', '.join(map(str, places)) or 'no folder'})")
+    return found
 
 
 def lora_path(name: str) -> Path:

@@ -160,7 +160,8 @@ class BakeRewardLora(io.ComfyNode):
                 _lora_input("lora", "The reward LoRA to merge."),
                 _strength_input("strength", "Strength to merge at."),
                 _output_name_input("baked/model_reward.safetensors", "File name under the output folder."),
-                io.Boolean.Input("overwrite", default=False, tooltip="Replace an existing file of that name."),
+                io.Boolean.Input("overwrite", default=False, tooltip="Replace an existing file of that name (for a "
+                                 "sharded checkpoint, the folder of that name)."),
             ],
             outputs=[io.String.Output(display_name="report")],
             is_output_node=True,
@@ -180,8 +181,8 @@ class BakeRewardLora(io.ComfyNode):
             target = output_path(output, filename, ".safetensors", overwrite)
             result = bake(source, read_lora(lora_path(lora)), strength, target, progress)
         else:
-            target = output_path(output, filename.removesuffix(".safetensors"), "", overwrite=False)
-            result = bake_shards(index, read_lora(lora_path(lora)), strength, target, progress)
+            target = output_path(output, filename.removesuffix(".safetensors"), "", overwrite)
+            result = bake_shards(index, read_lora(lora_path(lora)), strength, target, progress, overwrite)
         text = f"wrote {target}\n{result.describe()}"
         return io.NodeOutput(text, ui=ui.PreviewText(text))
 

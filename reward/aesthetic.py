@@ -79,15 +79,21 @@ def _load_head(path: Path, embed_dim: int, spec: tuple, prefix: str, dtype: torc
 
 
 def load_aesthetic_v2(head_file: Path, clip_folder: Path, dtype: torch.dtype, label: str) -> AestheticReward:
-    from transformers import CLIPVisionModelWithProjection
+    """The head on CLIPModel's image features: the vision tower and `visual_projection` sized as the CLIPModel sizes
+    it (its top-level `projection_dim`, whatever the vision sub-config says) and loaded strictly from the folder."""
+    from transformers import CLIPConfig, CLIPVisionModelWithProjection
 
     config = folder_config(clip_folder, label)
     if config.get("model_type") != "clip":
         raise ModelFileError(
             f"{clip_folder.name} holds a '{config.get('model_type')}' model; {label} needs clip-vit-large-patch14"
         )
+    clip_config = CLIPConfig.from_pretrained(str(clip_folder))
+    vision_config = clip_config.vision_config
+    vision_config.projection_dim = clip_config.projection_dim
     backbone = load_strict(
-        CLIPVisionModelWithProjection, clip_folder, dtype, label, ignore_unexpected=("text_", "logit_scale")
+        CLIPVisionModelWithProjection, clip_folder, dtype, label, config=vision_config,
+        ignore_unexpected=("text_", "logit_scale"),
     )
     head = _load_head(head_file, backbone.config.projection_dim, V2_HEAD, "layers.", dtype, label)
     size = backbone.config.image_size

@@ -51,6 +51,7 @@ def load_strict(
             state_dict=state_dict,
             dtype=dtype,
             output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported below with the keys, not raised without them
         )
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
         raise ModelFileError(f"{what}: the weights could not be loaded: {err}") from err
@@ -64,7 +65,8 @@ def load_strict(
     if info["missing_keys"]:
         problems.append(f"missing {_few(info['missing_keys'])}")
     if info["mismatched_keys"]:
-        problems.append(f"wrong shapes {_few(info['mismatched_keys'])}")
+        shapes = [f"{key} (file {list(ckpt)}, model {list(model)})" for key, ckpt, model in info["mismatched_keys"]]
+        problems.append(f"wrong shapes {_few(shapes)}")
     if unexpected:
         problems.append(f"unexpected {_few(unexpected)}")
     if problems:

@@ -5,6 +5,7 @@ Module and attribute names follow the published checkpoint, so its state dict lo
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -211,25 +212,51 @@ def converted_path(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(".safetensors")
 
 
+_converted_in_memory: set[Path] = set()
+
+
+def converted_state(checkpoint: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """(weights, name of the file they come from) of the official pickle: from the safetensors beside it, converting
+    it on first use; converted in memory when that folder cannot be written (noted once, with how to convert by hand)."""
+    from .mps_convert import mps_weights, save_converted
+
+    target = converted_path(checkpoint)
+    if target.exists():
+        return read_weights(target), target.name
+    weights = mps_weights(checkpoint)
+    try:
+        save_converted(weights, checkpoint, target)
+    except OSError as err:
+        if checkpoint not in _converted_in_memory:
+            _converted_in_memory.add(checkpoint)
+            logging.getLogger(__name__).warning(
+                "MPS: could not write %s (%s), so %s was converted in memory and will be again on every load. To convert "
+                "it once: python -m video_reward_lora.reward.mps_convert %s <a writable folder>/%s, then move that file "
+                "next to the checkpoint or choose it as the MPS checkpoint.",
+                target, err.strerror or err, checkpoint.name, checkpoint, target.name,
+            )
+        return weights, checkpoint.name
+    return weights, target.name
+
+
 def load_mps(checkpoint: Path, tokenizer_folder: Path, dtype: torch.dtype, label: str) -> MPSReward:
     """Load MPS from the safetensors written by the converter (the official pickle is converted on first use)."""
     from transformers import CLIPModel
 
-    from .mps_convert import convert_mps_checkpoint, is_pickled_module
+    from .mps_convert import is_pickled_module
 
     if checkpoint.is_dir():
         raise ModelFileError(f"{checkpoint.name} is a folder; {label} needs MPS_overall_checkpoint.pth")
     if checkpoint.suffix.lower() != ".safetensors" and is_pickled_module(checkpoint):
-        target = converted_path(checkpoint)
-        if not target.exists():
-            convert_mps_checkpoint(checkpoint, target)
-        checkpoint = target
-    clip_state, cross_state = split_state(read_weights(checkpoint), checkpoint.name)
+        state, name = converted_state(checkpoint)
+    else:
+        state, name = read_weights(checkpoint), checkpoint.name
+    clip_state, cross_state = split_state(state, name)
     tokenizer = load_tokenizer(tokenizer_folder)
     clip = load_strict(CLIPModel, None, dtype, label, config=vit_h_config(clip_state, tokenizer), state_dict=clip_state)
     cross_model = CrossModel.from_state(cross_state)
     try:
         cross_model.load_state_dict(cross_state, strict=True)
     except RuntimeError as err:
-        raise ModelFileError(f"{checkpoint.name}: the cross-model weights do not fit: {err}") from err
+        raise ModelFileError(f"{name}: the cross-model weights do not fit: {err}") from err
     return MPSReward(clip, cross_model.to(dtype), tokenizer, label)

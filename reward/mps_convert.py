@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .files import ModelFileError, write_safetensors_atomic
+from .files import ModelFileError, check_torch_zip, read_torch_pickle, write_safetensors_atomic
 
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
@@ -74,13 +74,8 @@ _restricted_pickle = SimpleNamespace(Unpickler=_StubUnpickler, load=pickle.load,
 
 
 def pickle_globals(path: Path) -> set[str]:
-    """The `module.name` globals a torch zip checkpoint's pickle refers to, read without unpickling it."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            pkl = next(n for n in archive.namelist() if n.endswith("data.pkl"))
-            data = archive.read(pkl)
-    except (zipfile.BadZipFile, StopIteration, OSError) as err:
-        raise ModelFileError(f"{path.name} is not a PyTorch zip checkpoint (truncated or corrupt?): {err}") from err
+    """The `module.name` globals a torch zip checkpoint's pickle refers to, read (within bounds) without unpickling it."""
+    data = read_torch_pickle(path)
     names: set[str] = set()
     strings: list[str] = []
     try:
@@ -131,18 +126,29 @@ def module_weights(root: Any, name: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def convert_mps_checkpoint(source: Path, target: Path) -> Path:
-    """Write the weights of a pickled MPS model as safetensors (atomically); returns the target path."""
+def mps_weights(source: Path) -> dict[str, torch.Tensor]:
+    """The weights of a pickled MPS model (checked to be MPS's), read without running pickled code."""
     from .mps import split_state
 
+    check_torch_zip(source)
     try:
         root = torch.load(source, map_location="cpu", pickle_module=_restricted_pickle, weights_only=False)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
         raise ModelFileError(f"{source.name} could not be read as a pickled checkpoint (truncated or corrupt?): {err}") from err
     weights = module_weights(root, source.name)
     split_state(weights, source.name)
+    return weights
+
+
+def save_converted(weights: dict[str, torch.Tensor], source: Path, target: Path) -> Path:
+    """Write converted MPS weights as safetensors (atomically); returns the target path."""
     write_safetensors_atomic(weights, target, {"format": "mps", "converted_from": source.name})
     return target
+
+
+def convert_mps_checkpoint(source: Path, target: Path) -> Path:
+    """Write the weights of a pickled MPS model as safetensors (atomically); returns the target path."""
+    return save_converted(mps_weights(source), source, target)
 
 
 def main(argv: list[str] | None = None) -> None:

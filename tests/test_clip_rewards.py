@@ -1,6 +1,7 @@
 """PickScore and the aesthetic predictors: loading from the official layouts, score formulas and errors."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -43,6 +44,35 @@ def test_aesthetic_is_linear_head_on_normalised_embedding(reward_root, video, ke
     scores.sum().backward()
     assert frames.grad.abs().sum() > 0
     assert torch.equal(model(video, "another prompt"), scores.detach())
+
+
+@pytest.mark.parametrize("vision_projection", [None, 48])
+def test_aesthetic_v2_projection_is_sized_as_the_clipmodel(reward_root, tmp_path, video, vision_projection):
+    """A CLIPModel folder whose vision_config lacks projection_dim (or gives another value than the top-level one,
+    which CLIPModel uses) scores as CLIPModel.get_image_features -> normalise -> head computes it."""
+    from transformers import CLIPModel
+
+    folder = tmp_path / "clip-vit-large-patch14"
+    shutil.copytree(reward_root / folder.name, folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["projection_dim"] == 32
+    config["vision_config"].pop("projection_dim")
+    if vision_projection is not None:
+        config["vision_config"]["projection_dim"] = vision_projection
+    (folder / "config.json").write_text(json.dumps(config))
+    model = load_reward("aesthetic_v2", [tmp_path, reward_root])
+    reference = CLIPModel.from_pretrained(str(folder)).eval()
+    raw = torch.load(reward_root / model.spec.checkpoint, weights_only=True)
+    with torch.no_grad():
+        expected = F.normalize(reference.get_image_features(pixel_values=model.preprocess(video)).pooler_output, dim=-1)
+        for i in sorted({int(k.split(".")[1]) for k in raw}):  # the Linear layers (Dropout is inactive in eval)
+            expected = expected @ raw[f"layers.{i}.weight"].T + raw[f"layers.{i}.bias"]
+        scores = model(video, "")
+    assert expected.shape == (6, 1) and torch.allclose(scores, expected[:, 0], atol=1e-5)
+    config["projection_dim"] = 48  # the top-level size must be the file's visual_projection size
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="wrong shapes .*visual_projection.weight"):
+        load_reward("aesthetic_v2", [tmp_path, reward_root])
 
 
 def test_aesthetic_head_of_the_other_version_is_refused(reward_root):

@@ -62,8 +62,9 @@ def published_keys(family: str, model) -> dict[str, torch.Tensor]:
         if family == WAN and ".ffn." in original:
             continue
         stem = "lora_unet__" + original.replace(".", "_")
-        keys[f"{stem}.lora_down.weight"] = torch.empty(128, layer.in_features, device="meta")
-        keys[f"{stem}.lora_up.weight"] = torch.empty(layer.out_features, 128, device="meta")
+        # full-size shapes over one stored zero (expanded views): the reader checks values, so no meta tensors
+        keys[f"{stem}.lora_down.weight"] = torch.zeros(()).expand(128, layer.in_features)
+        keys[f"{stem}.lora_up.weight"] = torch.zeros(()).expand(layer.out_features, 128)
         keys[f"{stem}.alpha"] = torch.tensor(64.0)
     return keys
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from video_reward_lora.training.lora.formats import FORMATS, Lora, LoraFormatError, LoraModule, parse_lora, read_lora, write_lora
+from video_reward_lora.training.lora.formats import FORMATS, METADATA_KEY, Lora, LoraFormatError, LoraModule, parse_lora, read_lora, write_lora
 from video_reward_lora.training.lora.keymap import COGVIDEOX, EASYANIMATE, MODULES, WAN, detect_family, from_diffusers, to_diffusers
 
 NAMES = {
@@ -104,7 +104,9 @@ def test_bad_files_give_clear_errors(tmp_path):
     lora = tmp_path / "rank.safetensors"
     save_file({"lora_unet__blocks_0_self_attn_q.lora_down.weight": torch.ones(4, 8),
                "lora_unet__blocks_0_self_attn_q.lora_up.weight": torch.ones(8, 2)}, lora)
-    with pytest.raises(LoraFormatError, match="rank mismatch in lora_unet__blocks_0_self_attn_q"):
+    with pytest.raises(LoraFormatError, match=r"rank\.safetensors: rank mismatch between lora_unet__blocks_0_self_attn_q\.lora_down"
+                                              r"\.weight \(rank 4, shape \[4, 8\]\) and lora_unet__blocks_0_self_attn_q\.lora_up\.weight "
+                                              r"\(rank 2, shape \[8, 2\]\)"):
         read_lora(lora)
     half = tmp_path / "half.safetensors"
     save_file({"lora_unet__blocks_0_self_attn_q.lora_down.weight": torch.ones(4, 8)}, half)
@@ -124,6 +126,59 @@ def test_bad_files_give_clear_errors(tmp_path):
     pickle.write_bytes(b"x")
     with pytest.raises(LoraFormatError, match=".safetensors only"):
         read_lora(pickle)
+
+
+STEM = "lora_unet__blocks_0_self_attn_q"
+NAN, INF = float("nan"), float("inf")
+
+
+def _with(tensor: torch.Tensor, index: tuple[int, int], value: float) -> torch.Tensor:
+    tensor = tensor.clone()
+    tensor[index] = value
+    return tensor
+
+
+@pytest.mark.parametrize("down, up, alpha, message", [
+    (torch.ones(4, 8), torch.ones(8, 4), torch.tensor([1.0, 2.0, 3.0]), rf"{STEM}\.alpha has shape \[3\]; an alpha is a single number"),
+    (torch.ones(4, 8), torch.ones(8, 4), torch.tensor(INF), rf"{STEM}\.alpha is inf; the LoRA was refused"),
+    (torch.ones(4, 8), torch.ones(8, 4), torch.tensor(NAN), rf"{STEM}\.alpha is nan; the LoRA was refused"),
+    (torch.ones(0, 8), torch.ones(8, 0), torch.tensor(1.0), rf"{STEM}\.lora_down\.weight has rank 0 \(lora_down \[0, 8\], "
+                                                            r"lora_up \[8, 0\]\); a LoRA needs rank 1 or more"),
+    (torch.ones(0, 8), torch.ones(8, 0), None, rf"{STEM}\.lora_down\.weight has rank 0"),
+    (torch.ones(4, 8), torch.ones(8, 3), torch.tensor(4.0), rf"rank mismatch between {STEM}\.lora_down\.weight \(rank 4"),
+    (torch.ones(8), torch.ones(8, 4), torch.tensor(4.0), rf"{STEM}\.lora_down\.weight has shape \[8\]; a LoRA down weight is a matrix"),
+    (torch.ones(4, 8), _with(torch.ones(8, 4), (2, 1), NAN), torch.tensor(4.0),
+     rf"{STEM}\.lora_up\.weight holds 1 NaN or infinite values; the LoRA was refused"),
+    (_with(_with(torch.ones(4, 8), (0, 0), INF), (3, 7), -INF), torch.ones(8, 4), torch.tensor(4.0),
+     rf"{STEM}\.lora_down\.weight holds 2 NaN or infinite values; the LoRA was refused"),
+    (torch.ones(4, 8).half(), _with(torch.ones(8, 4), (0, 0), 1e6).half(), None,  # 1e6 overflows fp16 to inf
+     rf"{STEM}\.lora_up\.weight holds 1 NaN or infinite values"),
+], ids=["alpha-of-3", "alpha-inf", "alpha-nan", "rank-0", "rank-0-no-alpha", "rank-mismatch", "down-1d", "up-nan",
+        "down-inf", "up-fp16-overflow"])
+def test_malformed_loras_are_refused_naming_file_and_key(tmp_path, down, up, alpha, message):
+    tensors = {f"{STEM}.lora_down.weight": down, f"{STEM}.lora_up.weight": up}
+    if alpha is not None:
+        tensors[f"{STEM}.alpha"] = alpha
+    save_file(tensors, tmp_path / "bad.safetensors")
+    with pytest.raises(LoraFormatError, match=rf"^bad\.safetensors: {message}"):
+        read_lora(tmp_path / "bad.safetensors")
+
+
+def test_non_finite_alpha_in_diffusers_metadata_is_refused(tmp_path):
+    path = write_lora(make_lora(WAN, NAMES[WAN][:1]), tmp_path / "peft.safetensors", "diffusers")
+    tensors, metadata = load_file(path), json.loads(read_metadata(path)[METADATA_KEY])
+    metadata["transformer.lora_alpha"] = NAN
+    save_file(tensors, path, metadata={METADATA_KEY: json.dumps(metadata)})
+    with pytest.raises(LoraFormatError, match=r"^peft\.safetensors: the lora_adapter_metadata header gives transformer\.blocks\.0"
+                                              r"\.attn1\.to_q a non-finite alpha \(nan\)"):
+        read_lora(path)
+
+
+def read_metadata(path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return handle.metadata()
 
 
 def test_unknown_output_format(tmp_path):

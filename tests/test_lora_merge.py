@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from video_reward_lora.training.families.tiny_wan import SCALE_SHAPES
 from video_reward_lora.training.lora import adapters
 from video_reward_lora.training.lora.formats import Lora, LoraModule, write_lora
 from video_reward_lora.training.lora.keymap import COGVIDEOX, EASYANIMATE, WAN, from_diffusers, to_diffusers
@@ -121,16 +123,28 @@ def test_diffusers_reads_our_export_with_the_same_scale(tmp_path):
         assert torch.allclose(layers[to_diffusers(WAN, name)].base_layer.weight.double(), weight, atol=1e-5), name
 
 
-def _wan_checkpoint(tmp_path, dtype, scaled: bool):
-    """A Wan-style checkpoint (original key names) of two blocks' self-attention plus the head."""
+def _per_row(scale: torch.Tensor) -> torch.Tensor:
+    """A scale_weight in float64, shaped to multiply a [16, 12] weight: one value, or one per row."""
+    return scale.double().reshape(-1, 1) if scale.numel() > 1 else scale.double().reshape(())
+
+
+def _wan_checkpoint(tmp_path, dtype, scaled: bool, scales: str = "0-dim"):
+    """A Wan-style checkpoint (original key names) of two blocks' self-attention plus the head; scaled fp8 as ComfyUI
+    writes it: the `scaled_fp8` marker and, per weight, a float32 `scale_weight` (0-dim by default, else of the
+    SCALE_SHAPES form `scales`) mapping the largest |value| it covers to fp8's max, and a 0-dim `scale_input` of 1."""
     torch.manual_seed(2)
     state, names = {}, ["blocks.0.self_attn.q", "blocks.1.self_attn.o", "head.head"]
+    if scaled:
+        state["scaled_fp8"] = torch.empty(0, dtype=dtype)
     for name in names:
         weight = torch.randn(16, 12)
         if scaled:
-            scale = weight.abs().max() / torch.finfo(dtype).max
-            state[f"{name}.scale_weight"] = scale.reshape(1).float()
-            state[f"{name}.weight"] = (weight / scale).to(dtype)
+            shape = SCALE_SHAPES[scales](16)
+            peak = weight.abs().amax(1) if torch.Size(shape).numel() > 1 else weight.abs().max()
+            scale = (peak / torch.finfo(dtype).max).reshape(shape)
+            state[f"{name}.scale_weight"] = scale
+            state[f"{name}.scale_input"] = torch.ones(())
+            state[f"{name}.weight"] = (weight / _per_row(scale).float()).to(dtype)
         else:
             state[f"{name}.weight"] = weight.to(dtype)
         state[f"{name}.bias"] = torch.randn(16).to(torch.float32)
@@ -158,19 +172,40 @@ def test_bake_matches_formula_and_keeps_layout(tmp_path, dtype):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["baked.safetensors"]
 
 
-def test_bake_scaled_fp8_merges_in_float32_and_reports_the_loss(tmp_path):
-    path, lora = _wan_checkpoint(tmp_path, torch.float8_e4m3fn, scaled=True)
+@pytest.mark.parametrize("scales", list(SCALE_SHAPES))
+def test_bake_scaled_fp8_merges_in_float32_and_reports_the_loss(tmp_path, scales):
+    path, lora = _wan_checkpoint(tmp_path, torch.float8_e4m3fn, scaled=True, scales=scales)
     report = bake(path, lora, 0.7, tmp_path / "baked.safetensors")
     source, baked = load_file(path), load_file(tmp_path / "baked.safetensors")
+    assert list(baked) == list(source)
+    assert all(baked[k].dtype == source[k].dtype and baked[k].shape == source[k].shape for k in source)
+    untouched = [k for k in source if not k.endswith((".weight", ".scale_weight"))]  # marker, 3 scale_input, 3 bias, modulation
+    assert len(untouched) == 8 and all(torch.equal(baked[k], source[k]) for k in untouched)
     for name, module in lora.modules.items():
-        exact = source[f"{name}.weight"].double() * source[f"{name}.scale_weight"].double()
-        exact += 0.7 * 0.5 * (module.up.double() @ module.down.double())
-        assert baked[f"{name}.weight"].dtype == torch.float8_e4m3fn
-        restored = baked[f"{name}.weight"].double() * baked[f"{name}.scale_weight"].double()
-        # e4m3 keeps 3 mantissa bits: each entry is within 1/16 of its magnitude (plus the scale's resolution)
-        assert ((restored - exact).abs() <= exact.abs() / 16 + 1e-3 * exact.abs().max()).all()
+        # the independent formula in float64: W·s + strength·(alpha/r)·up@down
+        exact = source[f"{name}.weight"].double() * _per_row(source[f"{name}.scale_weight"])
+        exact += 0.7 * (2.0 / 4) * (module.up.double() @ module.down.double())
+        scale = _per_row(baked[f"{name}.scale_weight"])
+        peak = exact.abs().amax(1, keepdim=True) if scale.numel() > 1 else exact.abs().max()
+        # the fresh scale maps the largest |value| it covers to e4m3's max (448), to float32's rounding
+        assert torch.allclose(scale, peak / 448, rtol=1e-5, atol=0)
+        restored = baked[f"{name}.weight"].double() * scale
+        # re-quantised to nearest: e4m3 keeps 3 mantissa bits, so a normal entry is within 1/16 of its magnitude and a
+        # subnormal one within half its step (scale / 1024); 1e-5 of the largest entry covers the float32 merge
+        assert ((restored - exact).abs() <= exact.abs() / 16 + scale / 1024 + 1e-5 * exact.abs().max()).all()
     assert report.fp8_modules == 3 and 0 < report.worst_fp8_error < 1
     assert "re-quantised" in report.describe()
+
+
+def test_bake_refuses_a_scale_of_another_size(tmp_path):
+    path, lora = _wan_checkpoint(tmp_path, torch.float8_e4m3fn, scaled=True)
+    state = load_file(path)
+    state["head.head.scale_weight"] = torch.ones(3)
+    save_file(state, path)
+    with pytest.raises(BakeError, match=r"wan\.safetensors: head\.head\.scale_weight has shape \[3\]: a scale_weight holds "
+                                        r"one value or one per output row \(16 for a weight of shape \[16, 12\]\)"):
+        bake(path, lora, 0.7, tmp_path / "baked.safetensors")
+    assert not (tmp_path / "baked.safetensors").exists()
 
 
 def test_bake_refuses_lora_that_does_not_fit(tmp_path):
@@ -205,7 +240,8 @@ def test_bake_diffusers_named_checkpoints(tmp_path, family):
         assert (baked[key].double() - expected).abs().max() <= TOLERANCE[torch.bfloat16] * expected.abs().max(), name
 
 
-def test_bake_sharded_checkpoint(tmp_path):
+def _sharded(tmp_path):
+    """(state, LoRA) of a tiny CogVideoX-Fun model written as two bf16 shards and their index under tmp_path/src."""
     model = tiny_model(COGVIDEOX)
     lora = lora_for(model, COGVIDEOX)
     state = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
@@ -216,6 +252,11 @@ def test_bake_sharded_checkpoint(tmp_path):
         save_file({k: state[k] for k in part}, tmp_path / "src" / shard)
     index = {"metadata": {}, "weight_map": {k: shard for shard, part in shards.items() for k in part}}
     (tmp_path / "src" / "m.safetensors.index.json").write_text(json.dumps(index))
+    return state, lora
+
+
+def test_bake_sharded_checkpoint(tmp_path):
+    state, lora = _sharded(tmp_path)
     found = shard_index(tmp_path / "src" / "m-00002-of-00002.safetensors")
     assert found == tmp_path / "src" / "m.safetensors.index.json"
     report = bake_shards(found, lora, 0.7, tmp_path / "out" / "baked")
@@ -230,3 +271,37 @@ def test_bake_sharded_checkpoint(tmp_path):
     with pytest.raises(BakeError, match="have no weight"):
         bake_shards(found, wan, 1.0, tmp_path / "out" / "refused")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["baked"]
+
+
+def test_sharded_bake_replaces_an_existing_folder_only_with_overwrite(tmp_path):
+    _, lora = _sharded(tmp_path)
+    index = tmp_path / "src" / "m.safetensors.index.json"
+    (tmp_path / "out" / "baked").mkdir(parents=True)
+    (tmp_path / "out" / "baked" / "mine.txt").write_text("keep")
+    with pytest.raises(BakeError, match=r"baked already exists; choose another name or allow overwriting"):
+        bake_shards(index, lora, 0.7, tmp_path / "out" / "baked")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["baked"]
+    assert [p.name for p in (tmp_path / "out" / "baked").iterdir()] == ["mine.txt"]
+    bake_shards(index, lora, 0.7, tmp_path / "out" / "baked", overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "out" / "baked").iterdir()) == [
+        "m-00001-of-00002.safetensors", "m-00002-of-00002.safetensors", "m.safetensors.index.json"]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["baked"]
+    (tmp_path / "out" / "file").write_text("x")
+    with pytest.raises(BakeError, match="file is a file; a sharded checkpoint is baked into a folder"):
+        bake_shards(index, lora, 0.7, tmp_path / "out" / "file", overwrite=True)
+
+
+def test_baked_files_get_the_usual_mode(tmp_path):
+    """0o644 under umask 022, like every other output (not mkstemp's 0o600); folders 0o755."""
+    path, lora = _wan_checkpoint(tmp_path, torch.float32, scaled=False)
+    _, sharded_lora = _sharded(tmp_path)
+    previous = os.umask(0o022)
+    try:
+        bake(path, lora, 0.7, tmp_path / "out" / "baked.safetensors")
+        bake_shards(tmp_path / "src" / "m.safetensors.index.json", sharded_lora, 0.7, tmp_path / "out" / "shards")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out" / "baked.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "out" / "shards").stat().st_mode & 0o777 == 0o755
+    assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out" / "shards").iterdir()} == {
+        "m-00001-of-00002.safetensors": 0o644, "m-00002-of-00002.safetensors": 0o644, "m.safetensors.index.json": 0o644}

@@ -1,6 +1,10 @@
 """MPS: the safe pickle converter, loading, and the cross model against an independent computation."""
 from __future__ import annotations
 
+import errno
+import logging
+import os
+import shutil
 import sys
 
 import pytest
@@ -27,6 +31,43 @@ def test_converter_reads_the_pickle_without_its_classes(reward_root, tmp_path):
     assert "layers.1.1.fn.rotary_emb.inv_freq" in cross and "layers.0.0.fn.norm.bias" in cross
     assert not any(k.endswith("pos_emb") for k in keys)
     assert not any(name.startswith("trainer") for name in sys.modules)
+
+
+def test_converted_file_gets_the_usual_mode(reward_root, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        target = convert_mps_checkpoint(reward_root / "MPS_overall_checkpoint.pth", tmp_path / "mps.safetensors")
+    finally:
+        os.umask(previous)
+    assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_read_only_models_folder_converts_in_memory(reward_root, tmp_path, monkeypatch, caplog, video):
+    """The pickle is converted in memory (nothing written), with one note of where to run the converter."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    shutil.copyfile(reward_root / "MPS_overall_checkpoint.pth", folder / "MPS_overall_checkpoint.pth")
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):  # root ignores the mode: make the write fail as a read-only mount does
+        from video_reward_lora.reward import mps_convert
+
+        def read_only(*args, **kwargs):
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        monkeypatch.setattr(mps_convert, "write_safetensors_atomic", read_only)
+    caplog.set_level(logging.WARNING)
+    try:
+        models = [load_reward("mps", [folder, reward_root]) for _ in range(2)]
+    finally:
+        folder.chmod(0o755)
+    assert sorted(p.name for p in folder.iterdir()) == ["MPS_overall_checkpoint.pth"]
+    notes = [r.getMessage() for r in caplog.records if "converted in memory" in r.getMessage()]
+    assert len(notes) == 1
+    assert f"python -m video_reward_lora.reward.mps_convert {folder / 'MPS_overall_checkpoint.pth'}" in notes[0]
+    assert "MPS_overall_checkpoint.safetensors" in notes[0]
+    writable = load_reward("mps", [reward_root])
+    expected = writable(video, "a red square moves right")
+    assert all(torch.equal(model(video, "a red square moves right"), expected) for model in models)
 
 
 def test_converter_never_runs_pickled_code(tmp_path):

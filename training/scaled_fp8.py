@@ -1,5 +1,9 @@
-"""ComfyUI's "scaled fp8" checkpoints: float8 weights, each with a per-tensor float32 `<layer>.scale_weight`
-(weight ≈ fp8 · scale), and a `scaled_fp8` marker tensor. Shared by baking (lora.merge) and model loading."""
+"""ComfyUI's "scaled fp8" checkpoints: float8 weights, each with a float32 `<layer>.scale_weight` (weight ≈ fp8 · scale),
+and a `scaled_fp8` marker tensor. Shared by baking (lora.merge) and model loading.
+
+ComfyUI writes the scale as a 0-dim tensor (and `scale_input` likewise); files from other tools hold it as shape (1,),
+or per output channel, one scale per row of the weight (shape (out, 1) or (out,)). All of these are read; a re-quantised
+scale keeps the shape and granularity of the one it replaces."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -8,7 +12,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..reward.files import ModelFileError
+from ..reward.files import ModelFileError, safetensors_header
 
 FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 MARKER = "scaled_fp8"
@@ -20,15 +24,34 @@ def scale_key(weight_key: str) -> str:
     return weight_key[: -len(".weight")] + ".scale_weight"
 
 
-def dequantise(weight: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """`weight` in float32, times its per-tensor `scale` where it has one."""
-    return weight.float() * scale.float() if scale is not None else weight.float()
+def broadcast_scale(scale: torch.Tensor, weight_shape: torch.Size | tuple[int, ...], key: str = "") -> torch.Tensor:
+    """`scale` shaped to multiply a weight of `weight_shape`: one value for the whole tensor (0-dim or any shape of
+    one element) or one per output row (`weight_shape[0]` elements). Raises ValueError for any other size."""
+    if scale.numel() == 1:
+        return scale.reshape(())
+    if len(weight_shape) and scale.numel() == weight_shape[0]:
+        return scale.reshape(weight_shape[0], *[1] * (len(weight_shape) - 1))
+    raise ValueError(
+        f"{key or 'a scale'} has shape {list(scale.shape)}: a scale_weight holds one value or one per output row "
+        f"({weight_shape[0] if len(weight_shape) else 1} for a weight of shape {list(weight_shape)})"
+    )
 
 
-def quantise_fp8(value: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fp8 tensor, float32 scale) with `fp8 * scale ≈ value`, the scale mapping the largest |value| to fp8's max."""
-    scale = (value.abs().max() / torch.finfo(dtype).max).clamp(min=1e-12)
-    return (value / scale).to(dtype), scale.reshape(())
+def dequantise(weight: torch.Tensor, scale: torch.Tensor | None = None, key: str = "") -> torch.Tensor:
+    """`weight` in float32, times its `scale` (per tensor or per output row) where it has one."""
+    if scale is None:
+        return weight.float()
+    return weight.float() * broadcast_scale(scale, weight.shape, key).float()
+
+
+def quantise_fp8(value: torch.Tensor, dtype: torch.dtype, like: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp8 tensor, float32 scale) with `fp8 * scale ≈ value`, each scale mapping the largest |value| it covers to
+    fp8's max. The scale is 0-dim (ComfyUI's form), or of the shape and granularity of `like`, an existing scale."""
+    per_row = like is not None and like.numel() > 1
+    peak = value.abs().flatten(1).amax(1) if per_row else value.abs().max()
+    scale = (peak.float() / torch.finfo(dtype).max).clamp(min=1e-12)
+    quantised = (value / broadcast_scale(scale, value.shape)).to(dtype)
+    return quantised, scale.reshape(like.shape if like is not None else ())
 
 
 @contextmanager
@@ -37,6 +60,10 @@ def _opened(path: Path, what: str) -> Iterator[Any]:
 
     if not path.is_file():
         raise ModelFileError(f"{what}: {path} does not exist")
+    try:
+        safetensors_header(path)
+    except ModelFileError as err:
+        raise ModelFileError(f"{what}: {err}") from err
     try:
         with safe_open(str(path), framework="pt") as handle:
             yield handle
@@ -66,6 +93,10 @@ def read_dequantised(path: Path, dtype: torch.dtype, what: str) -> dict[str, tor
                 continue
             tensor = handle.get_tensor(key)
             if tensor.dtype in FP8:
-                tensor = dequantise(tensor, handle.get_tensor(scale_key(key)) if scale_key(key) in keys else None).to(dtype)
+                scale = handle.get_tensor(scale_key(key)) if scale_key(key) in keys else None
+                try:
+                    tensor = dequantise(tensor, scale, scale_key(key)).to(dtype)
+                except ValueError as err:
+                    raise ModelFileError(f"{what}: {path.name}: {err}") from err
             tensors[key] = tensor
     return tensors

@@ -1,7 +1,8 @@
 """Tiny, seeded Wan2.2 A14B files as ComfyUI users keep them, for the demo and the tests.
 
 models/diffusion_models/: the two experts under the original Wan key names (fp16, or ComfyUI "fp8 scaled": float8
-block weights with per-tensor `scale_weight`s and a `scaled_fp8` marker); models/vae/: the Wan2.1 VAE under its
+block weights with 0-dim float32 `scale_weight`s and `scale_input`s, as ComfyUI writes them, and a `scaled_fp8`
+marker; the scales can also take the other shapes found in the wild, see SCALE_SHAPES); models/vae/: the Wan2.1 VAE under its
 original key names; models/text_encoders/: ComfyUI's UMT5 file (transformers key names, the SentencePiece model
 embedded as `spiece_model`). File names are Comfy-Org's (it publishes the Fun InP experts as fp8_scaled only; the
 fp16 names follow its i2v/t2v ones). The experts keep the widths ComfyUI's Wan loader assumes
@@ -26,6 +27,10 @@ FP8_FORMAT = torch.float8_e4m3fn
 QUANTISED = ("self_attn.q.", "self_attn.k.", "self_attn.v.", "self_attn.o.", "cross_attn.q.", "cross_attn.k.",
              "cross_attn.v.", "cross_attn.o.", "ffn.0.", "ffn.2.", "SelfAttention.q.", "SelfAttention.k.",
              "SelfAttention.v.", "SelfAttention.o.", "DenseReluDense.wi_0.", "DenseReluDense.wi_1.", "DenseReluDense.wo.")
+# the shapes a `scale_weight` takes, by a weight's number of rows: ComfyUI's 0-dim scalar, a one-element vector, and
+# one scale per output row in the two layouts other quantisers write
+SCALE_SHAPES = {"0-dim": lambda rows: (), "(1,)": lambda rows: (1,),
+                "(out,1)": lambda rows: (rows, 1), "(out,)": lambda rows: (rows,)}
 
 
 def expert_shapes(in_channels: int) -> dict[str, tuple[int, ...]]:
@@ -139,21 +144,27 @@ def _text_encoder(seed: int) -> dict[str, torch.Tensor]:
     return {**state, "spiece_model": torch.frombuffer(bytearray(tokenizer), dtype=torch.uint8)}
 
 
-def scaled_fp8(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def scaled_fp8(state: dict[str, torch.Tensor], scales: str = "0-dim") -> dict[str, torch.Tensor]:
     """`state` as ComfyUI's "fp8 scaled" files store it: the matrices of the blocks in float8 (e4m3) with a float32
-    `scale_weight` each, the other tensors as they are, and the `scaled_fp8` marker."""
+    `scale_weight` (of the SCALE_SHAPES form `scales`) and a 0-dim `scale_input` of 1 each, the other tensors as they
+    are, and the `scaled_fp8` marker."""
     out = {MARKER: torch.empty(0, dtype=FP8_FORMAT)}
     for key, value in state.items():
         if key.endswith(".weight") and any(name in key for name in QUANTISED):
-            out[key], out[scale_key(key)] = quantise_fp8(value.float(), FP8_FORMAT)
+            like = torch.empty(SCALE_SHAPES[scales](value.shape[0]))
+            out[key], out[scale_key(key)] = quantise_fp8(value.float(), FP8_FORMAT, like=like)
+            out[key.removesuffix(".weight") + ".scale_input"] = torch.ones((), dtype=torch.float32)
         else:
             out[key] = value
     return out
 
 
-def write_wan22(folder: Path, fun_inpaint: bool = True, fp8_scaled: bool = False, seed: int = 0) -> dict[str, Path]:
+def write_wan22(
+    folder: Path, fun_inpaint: bool = True, fp8_scaled: bool = False, seed: int = 0, scales: str = "0-dim"
+) -> dict[str, Path]:
     """Both experts (Fun InP: 36 input channels; else T2V: 16), the VAE and the text encoder under `folder` (a ComfyUI
-    models folder); returns their paths by role: "high", "low", "vae", "text_encoder"."""
+    models folder; fp8 scaled with `scale_weight`s of the SCALE_SHAPES form `scales`); returns their paths by role:
+    "high", "low", "vae", "text_encoder"."""
     from safetensors.torch import save_file
 
     kind, precision = "fun_inpaint" if fun_inpaint else "t2v", "fp8_scaled" if fp8_scaled else "fp16"
@@ -173,7 +184,7 @@ def write_wan22(folder: Path, fun_inpaint: bool = True, fp8_scaled: bool = False
     }
     for role, state in states.items():
         if fp8_scaled and role != "vae":
-            state = scaled_fp8(state)
+            state = scaled_fp8(state, scales)
         paths[role].parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in state.items()}, paths[role])
     return paths

@@ -13,6 +13,7 @@ delta is `strength * (alpha / r) * up @ down`, with a scale of 1 when a file has
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,7 @@ def _metadata_alphas(metadata: Mapping[str, str]) -> tuple[float | None, dict[st
 def parse_lora(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str], name: str) -> Lora:
     """A Lora from a LoRA state dict in any of the formats; errors say what is wrong with the file."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
+    keys: dict[str, dict[str, str]] = {}
     strangers = []
     for key, tensor in state.items():
         split = _split_key(key)
@@ -117,6 +119,7 @@ def parse_lora(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str], n
             strangers.append(key)
             continue
         parts.setdefault(split[0], {})[split[1]] = tensor
+        keys.setdefault(split[0], {})[split[1]] = key
     if strangers:
         kind = "model weights" if any(k.endswith((".weight", ".bias")) for k in strangers) else "tensors that are not LoRA"
         raise LoraFormatError(f"{name} is not a LoRA file: it holds {kind} (e.g. {', '.join(sorted(strangers)[:3])})")
@@ -135,18 +138,51 @@ def parse_lora(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str], n
             missing = "up" if "up" not in tensors else "down"
             raise LoraFormatError(f"{name}: {key} has no lora_{missing} weight (truncated or incomplete LoRA)")
         down, up = tensors["down"], tensors["up"]
-        if down.flatten(1).shape[0] != up.flatten(1).shape[1]:
-            raise LoraFormatError(
-                f"{name}: rank mismatch in {key}: lora_down has rank {down.shape[0]}, lora_up has {up.shape[1]}"
-            )
+        _check_pair(name, keys[key], down, up)
         if "alpha" in tensors:
-            alpha: float | None = float(tensors["alpha"])
+            alpha: float | None = _alpha_value(name, keys[key]["alpha"], tensors["alpha"])
         elif fmt == "diffusers":
             alpha = alpha_pattern.get(stem, default_alpha)
+            if alpha is not None and not math.isfinite(alpha):
+                raise LoraFormatError(f"{name}: the {METADATA_KEY} header gives {key} a non-finite alpha ({alpha})")
         else:
             alpha = None
         modules[originals[stem]] = LoraModule(down, up, alpha)
     return Lora(family, modules, fmt)
+
+
+def _check_pair(name: str, keys: Mapping[str, str], down: torch.Tensor, up: torch.Tensor) -> None:
+    """Refuse a down/up pair that cannot form `up @ down`: not matrices, rank 0, ranks that disagree, NaN or inf."""
+    for part, tensor in (("down", down), ("up", up)):
+        if tensor.dim() < 2:
+            raise LoraFormatError(f"{name}: {keys[part]} has shape {list(tensor.shape)}; a LoRA {part} weight is a matrix")
+    if down.shape[0] == 0 or up.shape[1] == 0:
+        raise LoraFormatError(
+            f"{name}: {keys['down']} has rank 0 (lora_down {list(down.shape)}, lora_up {list(up.shape)}); "
+            "a LoRA needs rank 1 or more"
+        )
+    if down.shape[0] != up.shape[1]:
+        raise LoraFormatError(
+            f"{name}: rank mismatch between {keys['down']} (rank {down.shape[0]}, shape {list(down.shape)}) and "
+            f"{keys['up']} (rank {up.shape[1]}, shape {list(up.shape)})"
+        )
+    for part, tensor in (("down", down), ("up", up)):
+        finite = torch.isfinite(tensor.float())  # in float32: isfinite has no float8 kernels
+        if not finite.all():
+            bad = int((~finite).sum())
+            raise LoraFormatError(
+                f"{name}: {keys[part]} holds {bad} NaN or infinite values; the LoRA was refused (a diverged training run?)"
+            )
+
+
+def _alpha_value(name: str, key: str, alpha: torch.Tensor) -> float:
+    """The one finite number an alpha tensor holds."""
+    if alpha.numel() != 1:
+        raise LoraFormatError(f"{name}: {key} has shape {list(alpha.shape)}; an alpha is a single number")
+    value = float(alpha.reshape(()))
+    if not math.isfinite(value):
+        raise LoraFormatError(f"{name}: {key} is {value}; the LoRA was refused (an alpha must be a finite number)")
+    return value
 
 
 def read_lora(path: Path) -> Lora:

@@ -1,23 +1,23 @@
 """Merging a LoRA into weights: one tensor, a whole checkpoint file (bake), including fp8 checkpoints.
 
 Merges are computed in float32 and cast back to the weight's dtype. fp8 weights are dequantised first (with
-ComfyUI's per-tensor `scale_weight` where the checkpoint has one) and re-quantised with a fresh scale.
+ComfyUI's `scale_weight` where the checkpoint has one: 0-dim, (1,) or per output row) and re-quantised with a fresh
+scale of the same shape.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ..scaled_fp8 import FP8, dequantise, quantise_fp8, scale_key
+from ...reward.files import ModelFileError, atomic_folder, atomic_path, safetensors_header
+from ..scaled_fp8 import FP8, broadcast_scale, dequantise, quantise_fp8, scale_key
 from .formats import Lora, LoraModule
 from .keymap import to_diffusers
 
@@ -92,14 +92,11 @@ class BakeReport:
         return text
 
 
-def _header(path: Path) -> tuple[dict, int]:
+def _header(path: Path) -> dict:
     try:
-        with open(path, "rb") as handle:
-            size = struct.unpack("<Q", handle.read(8))[0]
-            header = json.loads(handle.read(size))
-    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BakeError(f"{path.name} is not a readable safetensors checkpoint (truncated or corrupt?): {err}") from err
-    return header, 8 + size
+        return safetensors_header(path)[0]
+    except ModelFileError as err:
+        raise BakeError(str(err)) from err
 
 
 def bake(
@@ -115,7 +112,7 @@ def bake(
     temporary name in the output folder and renamed when complete; nothing is written if the LoRA does not fit."""
     from safetensors import SafetensorError, safe_open
 
-    header, _ = _header(checkpoint)
+    header = _header(checkpoint)
     metadata = header.pop("__metadata__", None) or {}
     targets = target_keys(lora, {k: v["shape"] for k, v in header.items()})
     report = BakeReport()
@@ -131,39 +128,40 @@ def bake(
     blob = json.dumps(out_header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     try:
-        with os.fdopen(fd, "wb") as out, safe_open(str(checkpoint), framework="pt") as source:
-            scales = _fp8_scales(source, header, targets, lora, strength)
+        with atomic_path(output) as temporary, open(temporary, "wb") as out, safe_open(str(checkpoint), framework="pt") as source:
+            scales = _fp8_scales(checkpoint, source, header, targets, lora, strength)
             out.write(struct.pack("<Q", len(blob)) + blob)
             for index, key in enumerate(order):
                 tensor = source.get_tensor(key)
                 if key in targets:
                     tensor = _merge_one(tensor, key, lora.modules[targets[key]], strength, source, scales, report)
                 elif key in scales:
-                    tensor = scales[key].to(tensor.dtype).reshape(tensor.shape)
-                out.write(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+                    tensor = scales[key].to(tensor.dtype)
+                # 0-dim tensors (ComfyUI's scales) cannot be viewed as bytes without flattening first
+                out.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
                 if progress is not None:
                     progress(index + 1, len(order))
-        os.replace(tmp, output)
     except SafetensorError as err:
-        Path(tmp).unlink(missing_ok=True)
         raise BakeError(f"{checkpoint.name} could not be read (truncated or corrupt?): {err}") from err
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return report
 
 
-def _fp8_scales(source, header: dict, targets: dict[str, str], lora: Lora, strength: float) -> dict[str, torch.Tensor]:
-    """New per-tensor scales of scaled-fp8 weights (a first pass: a scale may precede its weight in the file)."""
+def _fp8_scales(
+    checkpoint: Path, source, header: dict, targets: dict[str, str], lora: Lora, strength: float
+) -> dict[str, torch.Tensor]:
+    """New scales of scaled-fp8 weights, each of its old scale's shape (a first pass: a scale may precede its weight
+    in the file)."""
     scales = {}
     for key, name in targets.items():
         if header[key]["dtype"].startswith("F8") and scale_key(key) in header:
-            weight = source.get_tensor(key)
-            exact = merged(weight, lora.modules[name], strength, source.get_tensor(scale_key(key)))
-            scales[scale_key(key)] = quantise_fp8(exact, weight.dtype)[1]
+            weight, old = source.get_tensor(key), source.get_tensor(scale_key(key))
+            try:
+                broadcast_scale(old, weight.shape, scale_key(key))
+            except ValueError as err:
+                raise BakeError(f"{checkpoint.name}: {err}") from err
+            exact = merged(weight, lora.modules[name], strength, old)
+            scales[scale_key(key)] = quantise_fp8(exact, weight.dtype, like=old)[1]
     return scales
 
 
@@ -178,7 +176,7 @@ def _merge_one(
     if scale_key(key) in scales:
         exact = merged(weight, module, strength, source.get_tensor(scale_key(key)))
         scale = scales[scale_key(key)]
-        quantised = (exact / scale).clamp(-limit, limit).to(weight.dtype)
+        quantised = (exact / broadcast_scale(scale, exact.shape)).clamp(-limit, limit).to(weight.dtype)
         restored = dequantise(quantised, scale)
     else:
         exact = merged(weight, module, strength)
@@ -199,10 +197,18 @@ def shard_index(checkpoint: Path) -> Path | None:
     return index if index.is_file() else None
 
 
-def bake_shards(index: Path, lora: Lora, strength: float, folder: Path, progress: Callable[[int, int], None] | None = None) -> BakeReport:
+def bake_shards(
+    index: Path, lora: Lora, strength: float, folder: Path, progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
+) -> BakeReport:
     """Bake every shard of a sharded checkpoint into `folder` (shards keep their names; the index is copied).
 
-    All shards are written to a temporary folder that is renamed to `folder` when complete."""
+    All shards are written to a temporary folder that replaces `folder` when complete; an existing `folder` is
+    replaced only with `overwrite`, otherwise refused before anything is read or written."""
+    if folder.exists() and not folder.is_dir():
+        raise BakeError(f"{folder} is a file; a sharded checkpoint is baked into a folder of that name")
+    if folder.exists() and not overwrite:
+        raise BakeError(f"{folder} already exists; choose another name or allow overwriting")
     try:
         weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
     except (OSError, json.JSONDecodeError, KeyError) as err:
@@ -210,21 +216,15 @@ def bake_shards(index: Path, lora: Lora, strength: float, folder: Path, progress
     shards = sorted(set(weight_map.values()))
     shapes = {}
     for shard in shards:
-        header, _ = _header(index.parent / shard)
+        header = _header(index.parent / shard)
         shapes.update({k: v["shape"] for k, v in header.items() if k != "__metadata__"})
     targets = target_keys(lora, shapes)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     report = BakeReport()
-    try:
+    with atomic_folder(folder) as staging:
         for done, shard in enumerate(shards):
             part = {name: lora.modules[name] for key, name in targets.items() if weight_map[key] == shard}
             report.add(bake(index.parent / shard, Lora(lora.family, part, lora.source_format), strength, staging / shard))
             if progress is not None:
                 progress(done + 1, len(shards))
         shutil.copyfile(index, staging / index.name)
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return report
