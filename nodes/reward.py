@@ -6,9 +6,10 @@ from comfy_api.latest import io, ui
 
 from ..reward.composite import FRAME_MODES, CompositeReward, RewardTerm, select_frames
 from ..reward.files import list_entries
-from ..reward.plot import line_chart
+from ..reward.plot import draw_panels, score_panel
 from ..reward.registry import REWARDS, load_reward
-from ..reward.scoring import rank_videos, score_video, split_videos
+from ..reward.seeds import MAX_SEED
+from ..reward.scoring import VideoScore, rank_videos, score_video, split_videos
 from .folders import reward_model_roots
 from .types import LoadedReward, RewardModelType
 
@@ -25,7 +26,7 @@ def _frame_inputs() -> list[io.Input]:
             tooltip="Which frames are scored: all, only the first, N evenly spaced (first and last included), or N at random.",
         ),
         io.Int.Input("frame_count", default=8, min=1, max=4096, tooltip="N for 'evenly' and 'random' frame selection."),
-        io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
+        io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=False,
                      tooltip="Seed for 'random' frame selection."),
     ]
 
@@ -37,9 +38,11 @@ def _video(images: torch.Tensor) -> torch.Tensor:
     return images[..., :3].permute(0, 3, 1, 2)
 
 
-def _chart(series: dict[str, list[float]], title: str, x_label: str, x_values: list[int]) -> torch.Tensor:
-    array = line_chart(series, title=title, x_label=x_label, x_values=x_values)
-    return torch.from_numpy(array.copy()).float().div(255.0).unsqueeze(0)
+def _chart(reward: torch.nn.Module, result: VideoScore) -> torch.Tensor:
+    """Score Video's plot as an IMAGE; a single reward's chart uses its typical range, so two videos' charts share it."""
+    spec = getattr(reward, "spec", None)
+    panel = score_panel(reward.label, result.frame_indices, result.frame_scores, spec.norm if spec is not None else None)
+    return torch.from_numpy(draw_panels([panel])).float().div(255.0).unsqueeze(0)
 
 
 def _progress(videos: list[torch.Tensor], mode: str, count: int, seed: int):
@@ -100,6 +103,7 @@ class LoadRewardModel(io.ComfyNode):
             encoder=None if encoder == AUTO else encoder,
             dtype=dtype,
             device=offload_device,
+            micro_batch=micro_batch,
         )
         patcher = comfy.model_patcher.ModelPatcher(reward, load_device=load_device, offload_device=offload_device)
         return io.NodeOutput(LoadedReward(reward, [patcher], micro_batch))
@@ -179,8 +183,7 @@ class ScoreVideo(io.ComfyNode):
         progress = _progress([video], frames, frame_count, seed)
         reward_model.load()
         result = score_video(reward_model.reward, video, prompt, frames, frame_count, seed, reward_model.micro_batch, progress)
-        label = reward_model.reward.label
-        plot = _chart({label: result.frame_scores}, f"{label}: {result.score:.4g}", "frame", result.frame_indices)
+        plot = _chart(reward_model.reward, result)
         text = result.describe()
         return io.NodeOutput(result.score, text, plot, ui=ui.PreviewText(text))
 

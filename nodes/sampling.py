@@ -7,11 +7,12 @@ from typing import Iterator
 import torch
 from comfy_api.latest import io
 
-from ..reward.files import list_entries, resolve_inside
+from ..reward.files import list_entries
+from ..reward.seeds import MAX_SEED
 from ..training.families.memory import MEMORY_MODES, apply_memory_mode, check_memory_mode
 from ..training.lora.adapters import attached
 from ..training.sampler import sample
-from .folders import VIDEO_MODEL_FOLDERS, roots
+from .folders import VIDEO_MODEL_FOLDERS, model_entry, roots
 from .types import Component, LoadedVideoModel, VideoModelType
 
 CATEGORY = "video reward/sampling"
@@ -32,9 +33,7 @@ def load_video_model(family_cls, name: str, precision: str) -> LoadedVideoModel:
     import comfy.model_management as mm
     import comfy.model_patcher
 
-    folder = resolve_inside(roots(VIDEO_MODEL_FOLDERS[family_cls.name]), name)
-    if folder is None:
-        raise FileNotFoundError(f"{name} is not in models/{VIDEO_MODEL_FOLDERS[family_cls.name]}")
+    folder = model_entry(VIDEO_MODEL_FOLDERS[family_cls.name], name)
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
     dtype = PRECISIONS[precision] if precision != "auto" else (torch.float32 if mm.is_device_cpu(load_device) else torch.bfloat16)
     family = family_cls.load(folder, dtype=dtype, device=offload_device)
@@ -52,6 +51,16 @@ def _text_encoder_roles(model: LoadedVideoModel) -> list[str]:
     return [role for role in model.patchers if role.startswith("text_encoder")]
 
 
+def _unload(patchers: list) -> None:
+    """Unload exactly `patchers` through ComfyUI's model manager (`free_memory`, keeping every other loaded model),
+    so its list of loaded models stays its own."""
+    import comfy.model_management as mm
+
+    others = [mm.LoadedModel(p) for p in mm.loaded_models() if all(p is not q for q in patchers)]
+    for device in {p.load_device for p in patchers}:
+        mm.free_memory(1e30, device, keep_loaded=others)
+
+
 @contextmanager
 def _placed(model: LoadedVideoModel, memory: str) -> Iterator[None]:
     """The transformer and VAE where the memory mode wants them while the block samples and decodes: loaded by
@@ -64,11 +73,7 @@ def _placed(model: LoadedVideoModel, memory: str) -> Iterator[None]:
         yield
         return
     # all of this model off the GPU first (the prompts are cached): ComfyUI's manager does not see what accelerate streams
-    patchers = list(model.patchers.values())
-    for loaded in [entry for entry in mm.current_loaded_models if entry.model in patchers]:
-        loaded.model_unload()
-        mm.current_loaded_models.remove(loaded)
-    mm.soft_empty_cache()
+    _unload(list(model.patchers.values()))
     family = model.family
     with apply_memory_mode(family, memory, family.device, names=[*family.transformers, "vae"],
                            offload_device=mm.unet_offload_device()):
@@ -133,7 +138,7 @@ class VideoModelSampler(io.ComfyNode):
                 io.Int.Input("frames", default=49, min=1, max=1025, step=4, tooltip="Number of frames, 4k+1 (both families were trained on 49)."),
                 io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Denoising steps."),
                 io.Float.Input("cfg", default=6.0, min=1.0, max=30.0, step=0.1, tooltip="Classifier-free guidance scale (1 = off)."),
-                io.Int.Input("seed", default=43, min=0, max=2**63 - 1, control_after_generate=True, tooltip="Noise seed."),
+                io.Int.Input("seed", default=43, min=0, max=MAX_SEED, control_after_generate=True, tooltip="Noise seed."),
                 io.Combo.Input("memory", options=list(MEMORY_MODES), default="model offload",
                                tooltip="Where the weights live while sampling. full: everything on the GPU at once (fastest, "
                                "most memory). model offload: each part (text encoder, transformer, VAE) on the GPU only "

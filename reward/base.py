@@ -10,6 +10,7 @@ from torch import nn
 from .preprocess import Preprocess
 
 TEXT_CACHE_SIZE = 256
+DEFAULT_MICRO_BATCH = 8
 
 
 def model_output(output: Any, field: str) -> torch.Tensor:
@@ -38,13 +39,14 @@ class RewardModel(nn.Module):
     """A frozen preference model. `forward(frames [F,3,H,W] in 0..1, prompt)` gives scores `[F]` (float32).
 
     Gradients flow to the frames; the model's own weights stay frozen. Frames are scored in micro-batches of
-    `micro_batch`. Text features are computed once per prompt without gradients and cached.
+    `micro_batch` (set by `registry.load_reward`, from the loader node's setting): the one place that decides how
+    many frames go through one forward. Text features are computed once per prompt without gradients and cached.
     """
 
     label = "reward"
     uses_prompt = True
 
-    def __init__(self, preprocess: Preprocess, micro_batch: int = 8) -> None:
+    def __init__(self, preprocess: Preprocess, micro_batch: int = DEFAULT_MICRO_BATCH) -> None:
         super().__init__()
         self.preprocess = preprocess
         self.micro_batch = micro_batch

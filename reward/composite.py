@@ -7,6 +7,8 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 
+from .seeds import seeded_generator
+
 FrameMode = Literal["all", "first", "evenly", "random"]
 FRAME_MODES: tuple[str, ...] = ("all", "first", "evenly", "random")
 LossForm = Literal["negative", "target"]
@@ -14,7 +16,8 @@ LOSS_FORMS: tuple[str, ...] = ("negative", "target")
 
 
 def select_frames(num_frames: int, mode: FrameMode = "all", count: int = 1, seed: int = 0) -> list[int]:
-    """Indices of the frames to score: all, the first, `count` evenly spaced (ends included), or `count` at random."""
+    """Indices of the frames to score: all, the first, `count` evenly spaced (ends included), or `count` at random
+    (drawn from `seed`, 0..2^64-1, through `seeds.seeded_generator`)."""
     if num_frames < 1:
         raise ValueError("there are no frames to select from")
     if mode == "all":
@@ -27,8 +30,7 @@ def select_frames(num_frames: int, mode: FrameMode = "all", count: int = 1, seed
     if mode == "evenly":
         return torch.linspace(0, num_frames - 1, count).round().long().unique().tolist()
     if mode == "random":
-        generator = torch.Generator().manual_seed(seed)
-        return sorted(torch.randperm(num_frames, generator=generator)[:count].tolist())
+        return sorted(torch.randperm(num_frames, generator=seeded_generator(seed))[:count].tolist())
     raise ValueError(f"unknown frame selection '{mode}'; choose one of {', '.join(FRAME_MODES)}")
 
 

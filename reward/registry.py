@@ -8,6 +8,7 @@ from typing import Iterable
 
 import torch
 
+from .base import DEFAULT_MICRO_BATCH
 from .files import ModelFileError, resolve_inside
 
 CLIP_H_TOKENIZER = "CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -104,8 +105,12 @@ def load_reward(
     encoder: str | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    micro_batch: int = DEFAULT_MICRO_BATCH,
 ) -> torch.nn.Module:
-    """Load a reward model from its files in the reward_models folders (official names unless given)."""
+    """Load a reward model from its files in the reward_models folders (official names unless given); it scores
+    `micro_batch` frames per forward."""
+    if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1:
+        raise ValueError(f"micro_batch (frames per forward) must be a whole number of at least 1, got {micro_batch!r}")
     spec = spec_for(key)
     roots = list(roots)
     ckpt = locate(roots, checkpoint or spec.checkpoint, spec.label, spec.checkpoint, spec.checkpoint_source)
@@ -114,4 +119,5 @@ def load_reward(
     loader = getattr(importlib.import_module(f".{module}", __package__), function)
     model = loader(ckpt, enc, dtype, spec.label)
     model.spec = spec
+    model.micro_batch = micro_batch
     return model.to(device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 import types
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -57,6 +58,17 @@ def write_mps_pickle(path: Path, vocab_size: int, seed: int = 0) -> None:
     finally:
         for n in names:
             sys.modules.pop(n, None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gpu_lock_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The tests' training jobs queue on a lock folder of their own, not behind real jobs on the machine."""
+    from video_reward_lora.training.gpu_lock import LOCK_DIR_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("gpu_lock")
+        patch.setenv(LOCK_DIR_ENV, str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -154,13 +155,7 @@ def test_convert_and_bake_through_the_api(server):
 
 def test_wan_pair_node_matches_comfyui_lora_loader(tmp_path):
     """Sampling tiny native Wan experts patched by the pack's node and by LoraLoaderModelOnly gives equal latents."""
-    script = PACK_ROOT / "tests" / "comfyui_scripts" / "wan_lora_parity.py"
-    env = comfy_env()
-    run = subprocess.run([comfy_python(), str(script), str(PACK_ROOT), str(tmp_path)],
-                         capture_output=True, text=True, env=env, timeout=300)
-    line = next((l for l in run.stdout.splitlines() if l.startswith("RESULT ")), None)
-    assert line, run.stdout[-2000:] + run.stderr[-3000:]
-    result = json.loads(line[len("RESULT "):])
+    result = _comfyui_script("wan_lora_parity.py", tmp_path)
     assert result["high_equal_to_core"] and result["low_equal_to_core"]
     assert result["high_differs_from_base"] > 1e-3 and result["low_differs_from_base"] > 1e-3
     assert "22/22 modules matched, strength 0.7" in result["report"] and "strength 0.55" in result["report"]
@@ -205,3 +200,98 @@ def test_loader_lora_sampler_score_save(server, loader):
     wan_lora = server.run({**graph, "2": {**graph["2"], "inputs": {**graph["2"]["inputs"], "lora": "Wan2.2-Fun-A14B-InP-high-noise-HPS2.1.safetensors"}}})
     error = next(m[1] for m in wan_lora["status"]["messages"] if m[0] == "execution_error")
     assert "is a Wan2.1/2.2 reward LoRA; the model is" in error["exception_message"]
+
+
+def _comfyui_script(name: str, *arguments: object) -> dict:
+    """Run tests/comfyui_scripts/<name> with ComfyUI's Python and return the JSON it reports."""
+    script = PACK_ROOT / "tests" / "comfyui_scripts" / name
+    run = subprocess.run([comfy_python(), str(script), str(PACK_ROOT), *map(str, arguments)],
+                         capture_output=True, text=True, env=comfy_env(), timeout=300)
+    line = next((l for l in run.stdout.splitlines() if l.startswith("RESULT ")), None)
+    assert line, run.stdout[-2000:] + run.stderr[-3000:]
+    return json.loads(line[len("RESULT "):])
+
+
+def test_score_video_with_symlinked_reward_model(server, reward_root, tmp_path):
+    """models/reward_models holds links (a checkpoint file and a tokenizer folder) to copies on another disk."""
+    disk = tmp_path / "other_disk"
+    disk.mkdir()
+    shutil.copy(reward_root / "HPS_v2.1_compressed.pt", disk / "hps.pt")
+    shutil.copytree(reward_root / "CLIP-ViT-H-14-laion2B-s32B-b79K", disk / "tokenizer")
+    linked = server.log.parent / "models" / "reward_models"  # ComfyUI's own models/reward_models
+    linked.mkdir(parents=True, exist_ok=True)
+    (linked / "linked_hps.pt").symlink_to(disk / "hps.pt")
+    (linked / "linked_tokenizer").symlink_to(disk / "tokenizer", target_is_directory=True)
+    options = server.get("/object_info/VideoRewardModelLoader")["VideoRewardModelLoader"]["input"]["required"]
+    assert {"linked_hps.pt", "linked_tokenizer"} <= set(options["checkpoint"][1]["options"])
+
+    def graph(checkpoint: str, encoder: str) -> dict:
+        loader = _loader("HPS v2.1")
+        loader["inputs"].update(checkpoint=checkpoint, encoder=encoder)
+        return {
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 96, "height": 64, "batch_size": 2, "color": 0x3080FF}},
+            "2": loader,
+            "3": {"class_type": "VideoRewardScore", "inputs": {
+                "images": ["1", 0], "reward_model": ["2", 0], "prompt": "a blue sky", "frames": "all", "frame_count": 1, "seed": 0}},
+        }
+
+    entry = server.run(graph("linked_hps.pt", "linked_tokenizer"))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    official = server.run(graph("auto (official name)", "auto (official name)"))
+    assert entry["outputs"]["3"]["text"][0] == official["outputs"]["3"]["text"][0]  # the same files, the same scores
+    assert entry["outputs"]["3"]["text"][0].startswith("video score:")
+
+
+def test_nodes_take_symlinked_model_folders(lora_models, tmp_path):
+    """Loaders, the training node's paths and the LoRA nodes on a linked model folder, a linked model root, a linked
+    LoRA file, a linked input folder and a linked output folder; `..` and absolute names refused."""
+    cog, cog_lora = VIDEO_MODELS["CogVideoXFunLoader"]
+    easyanimate = VIDEO_MODELS["EasyAnimateLoader"][0]
+    models = tmp_path / "models"
+    (models / "CogVideoX_Fun").mkdir(parents=True)
+    (models / "CogVideoX_Fun" / cog).symlink_to(lora_models / "CogVideoX_Fun" / cog, target_is_directory=True)
+    (models / "EasyAnimate").symlink_to(lora_models / "EasyAnimate", target_is_directory=True)
+    (models / "loras").mkdir()
+    (models / "loras" / "linked.safetensors").symlink_to(lora_models / "loras" / cog_lora)
+    (tmp_path / "big_disk").mkdir()
+    (models / "loras" / "converted").symlink_to(tmp_path / "big_disk", target_is_directory=True)
+    (tmp_path / "prompt_disk").mkdir()
+    (tmp_path / "prompt_disk" / "train.txt").write_text("a red ball\n")
+    (tmp_path / "input").mkdir()
+    (tmp_path / "input" / "prompt_sets").symlink_to(tmp_path / "prompt_disk", target_is_directory=True)
+    (tmp_path / "input" / "direct.jsonl").write_text('{"prompt": "a cat"}\n')
+    (tmp_path / "input" / "gone.txt").symlink_to(tmp_path / "deleted.txt")
+    (tmp_path / "output").mkdir()
+    result = _comfyui_script("node_model_paths.py", tmp_path, cog, easyanimate)
+    assert cog in result["cog_choices"] and easyanimate in result["easyanimate_choices"]
+    assert {f"CogVideoX-Fun/{cog}", f"EasyAnimate/{easyanimate}"} <= set(result["training_folders"])
+    assert result["model_files"] == {"folder": str(models / "CogVideoX_Fun" / cog)}
+    assert result["prompt_files"] == ["none", "direct.jsonl", "prompt_sets/train.txt"]
+    assert result["cog_parameters"] > 0 and result["easyanimate_parameters"] > 0
+    modules = re.search(r"(\d+)/(\d+) modules matched", result["lora_report"])
+    assert modules and modules.group(1) == modules.group(2) and int(modules.group(1)) > 0
+    assert result["convert"].startswith("wrote ") and (tmp_path / "big_disk" / "cog.safetensors").stat().st_size > 0
+    assert result["export"] == str(models / "loras" / "video_reward" / "sub" / "my_lora.safetensors")
+    for key in ("export_up", "loader_up", "model_files_up", "convert_up"):
+        assert "points outside" in result[key] and "'..' is not allowed" in result[key], (key, result[key])
+    assert "must be a name relative to" in result["export_absolute"]
+    assert "models/CogVideoX_Fun" in result["loader_up"] and "models/CogVideoX_Fun" in result["model_files_up"]
+
+
+def test_sequential_offload_keeps_comfyuis_loaded_models_consistent(lora_models, tmp_path):
+    """Sequential offload unloads exactly this model's patchers through ComfyUI's model manager: an unrelated loaded
+    model stays, nothing is listed twice, and model offload afterwards loads the parts again (same frames)."""
+    cog = VIDEO_MODELS["CogVideoXFunLoader"][0]
+    (tmp_path / "models" / "CogVideoX_Fun").mkdir(parents=True)
+    (tmp_path / "models" / "CogVideoX_Fun" / cog).symlink_to(lora_models / "CogVideoX_Fun" / cog, target_is_directory=True)
+    result = _comfyui_script("sequential_offload_models.py", tmp_path, cog)
+    roles = result["roles"]
+    assert len(roles) == 3 and "transformer" in roles and "vae" in roles
+    for state in ("after_model_offload", "after_model_offload_again"):
+        assert result[state]["ours"] == roles and result[state]["other"], result[state]
+        assert all(size > 0 for size in result[state]["ours_loaded_bytes"].values()), result[state]
+        assert result[state]["entries"] == result[state]["distinct"] == len(roles) + 1
+    streamed = result["after_sequential_offload"]
+    assert streamed["ours"] == [] and streamed["other"] and streamed["entries"] == streamed["distinct"] == 1, streamed
+    assert all(size == 0 for size in streamed["ours_loaded_bytes"].values()), streamed
+    assert result["sequential_equals_offload"] and result["again_equals_first"]

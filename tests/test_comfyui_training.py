@@ -24,7 +24,7 @@ def _train_graph(lora_name: str) -> dict:
             "reward_2": "none", "reward_2_weight": 1.0, "prompts": "a red ball\na blue sky\na cat in a field",
             "prompts_file": "none", "validation_prompts": "a sunny field", "width": 32, "height": 32, "frames": 9,
             "sampling_steps": 3, "cfg": 6.0, "strategy": "last", "backprop_steps": 1, "decoded_latents": 1,
-            "learning_rate": 0.01, "rank": 4, "alpha": 4.0, "train_steps": 4, "checkpoint_every": 2, "seed": 42,
+            "learning_rate": 0.01, "rank": 4, "alpha": 4.0, "train_steps": 4, "checkpoint_every": 2, "seed": 42, "shift": 0.0,
             "gradient_checkpointing": False, "lora_name": lora_name}},
         "2": {"class_type": "RewardTrainingStatus", "inputs": {"job_id": ["1", 0]}},
     }
@@ -41,7 +41,7 @@ def test_train_watch_and_load_the_lora(tmp_path):
     with comfyui_server(COMFYUI, tmp_path / "comfy", {PACK_NAME: PACK_ROOT}, folders) as server:
         started = server.run(_train_graph("tiny_cog"), timeout=120)
         assert started["status"]["status_str"] == "success", started["status"]
-        job_id = re.search(r"started training job (\S+)", started["outputs"]["1"]["text"][0]).group(1)
+        job_id = re.search(r"training job (\S+) started", started["outputs"]["1"]["text"][0]).group(1)
 
         deadline, text = time.time() + 240, ""
         while time.time() < deadline:
@@ -65,7 +65,7 @@ def test_train_watch_and_load_the_lora(tmp_path):
 
         long = _train_graph("tiny_cog_long")
         long["1"]["inputs"].update(train_steps=500, checkpoint_every=1000)
-        long_id = re.search(r"started training job (\S+)", server.run(long)["outputs"]["1"]["text"][0]).group(1)
+        long_id = re.search(r"training job (\S+) started", server.run(long)["outputs"]["1"]["text"][0]).group(1)
         cancel = {"3": {"class_type": "CancelRewardTraining", "inputs": {"job_id": long_id}}}
         assert "cancel requested" in server.run(cancel)["outputs"]["3"]["text"][0]
         job = tmp_path / "comfy" / "output" / "video_reward_jobs" / long_id
@@ -76,7 +76,7 @@ def test_train_watch_and_load_the_lora(tmp_path):
         assert status()["state"] == "cancelled" and "checkpoint saved" in status()["reason"]
         resumed = server.run(long)  # queued again: the cancelled job resumes from its checkpoint
         assert resumed["status"]["status_str"] == "success", resumed["status"]
-        assert f"started training job {long_id}" in resumed["outputs"]["1"]["text"][0]
+        assert f"training job {long_id} resumed from its last checkpoint" in resumed["outputs"]["1"]["text"][0]
         server.run(cancel)
 
         use = {
@@ -90,3 +90,32 @@ def test_train_watch_and_load_the_lora(tmp_path):
         used = server.run(use, timeout=120)
         assert used["status"]["status_str"] == "success", used["status"]
         assert "video_reward/tiny_cog.safetensors" in server.get("/object_info/LoraLoaderModelOnly")["LoraLoaderModelOnly"]["input"]["required"]["lora_name"][0]
+
+
+def test_bad_settings_are_refused_when_queued(tmp_path):
+    """POST /prompt answers 400 with a node error naming the setting (frames not 4k+1, no prompts, a width the model
+    cannot take, a value beyond the widget's bounds), also when another input is linked from a node, and no job folder
+    is written."""
+    from video_reward_lora.training.families.tiny import write_cogvideox_fun
+
+    from comfyui_server import request
+
+    models = tmp_path / "models"
+    write_cogvideox_fun(models / "CogVideoX_Fun" / MODEL)
+    (models / "reward_models").mkdir()
+    folders = {"CogVideoX_Fun": models / "CogVideoX_Fun", "reward_models": models / "reward_models"}
+    linked = {"9": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "a red ball"}}}
+    cases = [({"frames": 50}, {}, "frames", "frames must be 4k+1 (e.g. 49), got 50"),
+             ({"prompts": " \n "}, {}, "prompts", "write training prompts"),
+             ({"frames": 50, "prompts": ["9", 0]}, linked, "frames", "got 50"),
+             ({"width": 40}, {}, "width", "width and height must be positive multiples of 16, got 40x32"),
+             ({"rank": 5000}, {}, "rank", "rank must be between 1 and 1024, got 5000")]
+    with comfyui_server(COMFYUI, tmp_path / "comfy", {PACK_NAME: PACK_ROOT}, folders) as server:
+        for change, extra, setting, message in cases:
+            graph = _train_graph("refused")
+            graph["1"]["inputs"].update(change)
+            answer = request(server.base, "/prompt", {"prompt": {**graph, **extra}})
+            assert answer.get("http_status") == 400, answer
+            errors = answer["node_errors"]["1"]["errors"]
+            assert any(e["extra_info"]["input_name"] == setting and message in e["details"] for e in errors), errors
+        assert not (tmp_path / "comfy" / "output" / "video_reward_jobs").exists()

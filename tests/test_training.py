@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import re
 import signal
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 from video_reward_lora.reward.tiny import write_reward_models
-from video_reward_lora.training import jobs, zero
+from video_reward_lora.training import gpu_lock, jobs, zero
 from video_reward_lora.training.backprop import RewardBackprop
 from video_reward_lora.training.build import load_family
 from video_reward_lora.training.config import TrainConfig, read_prompts
@@ -28,7 +29,7 @@ from video_reward_lora.training.families.tiny_wan import write_wan22
 from video_reward_lora.training.jobs import Job, create_job
 from video_reward_lora.training.lora.adapters import attached
 from video_reward_lora.training.lora.formats import read_lora
-from video_reward_lora.training.runner import LOCK_FILE, run_job
+from video_reward_lora.training.runner import run_job
 from video_reward_lora.training.sampler import sample
 from video_reward_lora.training.steps import grad_steps
 
@@ -114,6 +115,7 @@ def test_training_raises_the_held_out_reward_and_the_lora_reproduces_it(models, 
     assert after - before > 5 * seed_noise, (before, after, seed_noise)
     assert [m["step"] for m in metrics] == list(range(31)) and all(m["grad_steps"] == [3] for m in metrics[1:])
     assert (job.samples / "latest.png").is_file() and job.status()["state"] == "finished"
+    assert job.status().get("shift") == (5.0 if family == "wan2.2" else None)  # the Fun InP experts' own shift
 
     # the exported LoRA, loaded the way the LoRA nodes load it, reproduces the model as trained
     trained = _trainer(config)
@@ -149,6 +151,17 @@ def test_cancel_then_resume_repeats_the_uninterrupted_run(models, tmp_path, monk
     assert losses(interrupted) == losses(straight)
 
 
+def test_any_comfyui_seed_trains(models):
+    """Seeds up to 2^64-1 (ComfyUI's range) train: the LoRA initialisation, every step's draws (random frames too)
+    and the held-out evaluation; 181_011_380 is the first seed the former step-seed formula overflowed at."""
+    trainer = _trainer(tiny_config(models, validation_prompts=[], frame_mode="random", frame_count=1, seed=2**64 - 1))
+    for seed in (0, 181_011_380, 2**63, 2**64 - 1):
+        trainer.config = dataclasses.replace(trainer.config, seed=seed)
+        record = trainer.train_step()
+        assert math.isfinite(record["loss"]) and record["grad_steps"] == [3]
+        assert math.isfinite(trainer.evaluate(HELD_OUT[:1]))
+
+
 def test_nan_and_out_of_memory_end_in_a_clear_status(models, tmp_path, monkeypatch):
     config = tiny_config(models, validation_prompts=[])
     nan_job = create_job(tmp_path, config, name="nan")
@@ -181,9 +194,9 @@ def test_background_job_queue_kill_and_resume(models, tmp_path):
 
     first = create_job(tmp_path, tiny_config(models, max_steps=400, checkpoint_every=2, validation_prompts=[]))
     second = create_job(tmp_path, tiny_config(models, max_steps=2, validation_prompts=[]))
-    with FileLock(str(tmp_path / LOCK_FILE)):  # another job holds the GPU
+    with FileLock(str(gpu_lock.lock_dir() / gpu_lock.LOCK_NAME)):  # another job holds the GPU (and names none)
         jobs.start(second)
-        assert _wait(second, lambda s: "waiting for the GPU (another" in s["reason"])["state"] == "queued"
+        assert _wait(second, lambda s: s["reason"] == "1st in line for the GPU behind another job")["state"] == "queued"
         second.request_cancel()
         assert _wait(second, lambda s: s["state"] != "queued")["reason"] == "cancelled while queued"
 
@@ -330,6 +343,10 @@ def test_wan_trains_one_expert_with_its_own_steps(models):
     assert not any("lora_" in n for n, _ in high.family.transformers["low"].named_parameters())
     low = _trainer(tiny_config(models, "wan2.2", expert="low", steps=10))
     assert low.chosen_steps(torch.Generator()) == [9] and low.transformer is low.family.transformers["low"]
+    shifted = _trainer(tiny_config(models, "wan2.2", expert="high", steps=10, strategy="tail", backprop_steps=2, shift=12.0))
+    assert shifted.chosen_steps(torch.Generator()) == [4, 5]  # shift 12: steps 0-5 are high (test_wan computes why)
+    assert shifted.sampling_note() == ("Wan2.2 sampling: shift 12, boundary 0.9; of 10 steps, steps 0-5 on the high "
+                                       "transformer, steps 6-9 on the low transformer")
 
 
 def test_cli_reports_bad_configs(tmp_path, capsys):

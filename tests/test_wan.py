@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from random_lora import linear_shapes, random_lora
 import torch
@@ -12,11 +13,13 @@ from safetensors.torch import load_file, save_file
 
 from video_reward_lora.reward.files import ModelFileError
 from video_reward_lora.training.families.tiny import write_cogvideox_fun
-from video_reward_lora.training.families.tiny_wan import DIM, FFN_DIM, LAYERS, TEXT_DIM, vae_module, write_wan22
+from video_reward_lora.training.families.tiny_wan import (DIM, FFN_DIM, LAYERS, SCALE_SHAPES, TEXT_DIM, scaled_fp8, vae_module,
+                                                          write_wan22)
 from video_reward_lora.training.families.wan import Wan22
 from video_reward_lora.training.lora import adapters
 from video_reward_lora.training.lora.keymap import WAN
 from video_reward_lora.training.sampler import sample
+from video_reward_lora.training.scaled_fp8 import read_dequantised
 
 SIZE = dict(frames=9, height=32, width=32)
 # original Wan name -> diffusers name, written here independently of diffusers' converter
@@ -70,6 +73,9 @@ def test_files_have_comfyui_names_and_formats(files, fp8_files):
     expert = load_file(fp8_files["high"])
     assert expert["blocks.0.self_attn.q.weight"].dtype == torch.float8_e4m3fn and "scaled_fp8" in expert
     assert expert["blocks.0.self_attn.q.scale_weight"].dtype == torch.float32
+    # as ComfyUI writes them: 0-dim float32 scales, scale_input 1
+    assert expert["blocks.0.self_attn.q.scale_weight"].shape == expert["blocks.0.self_attn.q.scale_input"].shape == ()
+    assert expert["blocks.0.self_attn.q.scale_input"].item() == 1.0
     text = load_file(fp8_files["text_encoder"])
     assert text["spiece_model"].dtype == torch.uint8 and text["encoder.block.1.layer.1.DenseReluDense.wo.weight"].dtype == torch.float8_e4m3fn
 
@@ -133,6 +139,39 @@ def test_fp8_scaled_files_load_to_the_dequantised_values(family, files, fp8_file
     assert dtypes["blocks.0.attn1.to_q.weight"] == torch.bfloat16
     # diffusers keeps these in float32 when it loads Wan in bf16; so does the pack
     assert dtypes["condition_embedder.time_embedder.linear_1.weight"] == dtypes["scale_shift_table"] == torch.float32
+
+
+@pytest.mark.parametrize("scales", list(SCALE_SHAPES))
+def test_fp8_files_with_every_scale_shape_load_and_train(files, tmp_path, scales):
+    """ComfyUI's 0-dim scales, one-element ones, and one scale per output row ((out, 1) or (out,))."""
+    experts = {role: tmp_path / f"{role}.safetensors" for role in ("high", "low")}
+    for role, path in experts.items():
+        save_file(scaled_fp8(load_file(files[role]), scales), path)
+    raw, fp16 = load_file(experts["low"]), load_file(files["low"])
+    ours = read_dequantised(experts["low"], torch.float32, "Wan expert")
+    quantised = [k for k, v in raw.items() if v.dtype == torch.float8_e4m3fn and k.endswith(".weight")]
+    assert len(quantised) == LAYERS * 10 and sorted(ours) == sorted(fp16)  # scales, scale_input and marker consumed
+    for key in quantised:
+        scale = raw[key.replace(".weight", ".scale_weight")]
+        assert scale.dtype == torch.float32 and scale.shape == SCALE_SHAPES[scales](raw[key].shape[0])
+        per_row = scale.double().reshape(-1, 1) if scale.numel() > 1 else scale.double().reshape(())
+        # independently in float64: fp8 value times its row's scale; float32 rounds that product once (2^-24)
+        expected = raw[key].double() * per_row
+        assert torch.allclose(ours[key].double(), expected, rtol=2 ** -24, atol=0)
+        # and within e4m3's rounding of the fp16 weights: 3 mantissa bits (1/16), subnormal steps of scale / 512
+        original = fp16[key].double()
+        assert ((ours[key].double() - original).abs() <= original.abs() / 16 + per_row / 512).all()
+    family = Wan22.load(**{**files, **experts}, dtype=torch.float32)
+    low = family.transformers["low"]
+    weights = low.state_dict()
+    assert all(torch.equal(weights[diffusers_name(k)], v) for k, v in ours.items())
+    adapters.attach(low, random_lora(WAN, linear_shapes(low, WAN), torch.Generator().manual_seed(0)), WAN)
+    lora_params = [p.requires_grad_(True) for n, p in low.named_parameters() if "lora_" in n]
+    latents = family.init_latents(1, 5, 32, 32, torch.Generator().manual_seed(0))
+    condition = torch.randn(1, 20, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    family.predict(latents, torch.tensor(400.0), family.encode(["a red ball"]), condition).square().mean().backward()
+    grads = torch.cat([p.grad.flatten() for p in lora_params])
+    assert torch.isfinite(grads).all() and grads.abs().sum() > 0
 
 
 def test_experts_switch_at_the_boundary(family, t2v_files):
@@ -278,3 +317,54 @@ def test_sizes_and_settings_are_checked(family, files):
         sample(family, ["x"], frames=9, height=32, width=40, steps=1)
     with pytest.raises(ValueError, match="boundary"):
         Wan22.load(**files, boundary=1.5)
+
+
+def _shifted(shift: float, sigma: np.ndarray) -> np.ndarray:
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def flow_timesteps(steps: int, shift: float) -> np.ndarray:
+    """Flow-matching timesteps computed here from sigma' = shift*sigma/(1+(shift-1)*sigma) (float64): the unshifted
+    sigmas run evenly from 1 to the shifted sigma of the last training timestep (1/1000), then are shifted."""
+    return 1000 * _shifted(shift, np.linspace(1.0, _shifted(shift, 1e-3), steps))
+
+
+def test_default_shift_is_the_official_one_of_the_experts_loaded(family, t2v_files):
+    t2v = Wan22.load(**t2v_files, dtype=torch.float32)
+    # Wan2.2's wan_i2v_A14B.py / wan_t2v_A14B.py sample_shift, VideoX-Fun's wan_civitai_i2v.yaml / wan_civitai_t2v.yaml
+    assert (family.shift, family.boundary) == (5.0, 0.900) and (t2v.shift, t2v.boundary) == (12.0, 0.875)
+    for loaded in (family, t2v):
+        expected = flow_timesteps(40, loaded.shift)
+        assert np.allclose(loaded.schedule(40).timesteps.numpy(), expected, rtol=0, atol=1e-3)
+        assert loaded.sampling_settings() == {"shift": loaded.shift, "boundary": loaded.boundary}
+    assert sum(family.expert(t) == "high" for t in family.schedule(40).timesteps) == 14  # VideoX-Fun's 40 steps
+    assert sum(t2v.expert(t) == "high" for t in t2v.schedule(40).timesteps) == 25
+
+
+def test_training_shift_moves_the_schedule_and_the_expert_switch(files):
+    from video_reward_lora.training.build import load_family
+    from video_reward_lora.training.config import TrainConfig
+
+    settings = {"family": "wan2.2", "model": {k: str(v) for k, v in files.items()}, "prompts": ["a red ball"],
+                "frames": 9, "height": 32, "width": 32}
+    switches = {}
+    for shift in (None, 8.0, 12.0):
+        config = TrainConfig.from_dict({**settings, "shift": shift})
+        loaded = load_family(config, torch.float32, torch.device("cpu"))
+        assert loaded.shift == (5.0 if shift is None else shift)
+        timesteps = loaded.schedule(10).timesteps.numpy()
+        expected = flow_timesteps(10, loaded.shift)
+        assert np.allclose(timesteps, expected, rtol=0, atol=1e-3)
+        switches[shift] = int((expected >= 900).sum())  # the first low-noise step, independently
+        calls = []
+        hooks = [m.register_forward_hook(lambda *_, name=name: calls.append(name)) for name, m in loaded.transformers.items()]
+        sample(loaded, ["a red ball"], steps=10, guidance=1.0, generator=torch.Generator().manual_seed(0), **SIZE)
+        for hook in hooks:
+            hook.remove()
+        assert calls == ["high"] * switches[shift] + ["low"] * (10 - switches[shift])
+    assert switches == {None: 4, 8.0: 5, 12.0: 6}
+    for bad, message in ((0.0, "shift must be positive"), (-2.0, "shift must be positive")):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig.from_dict({**settings, "shift": bad})
+    with pytest.raises(ValueError, match="shift applies to Wan2.2 only"):
+        TrainConfig.from_dict({**settings, "family": "cogvideox", "model": {"folder": "x"}, "shift": 8.0})

@@ -1,12 +1,12 @@
 """Reward backpropagation: sample with gradients kept on chosen steps, decode the first latents, score the frames,
 and step a LoRA on the transformer (the seeds' method; VADER's cut-off and DRTune as options).
 
-Every random draw of a training step (prompts, noise, chosen steps) comes from a generator seeded by (seed, step,
-micro-batch, process), so a run resumed from a checkpoint repeats the uninterrupted run's losses exactly, and
-each data-parallel process draws its own batch. With several processes the LoRA gradients are averaged through
-accelerate before clipping, so every process applies the same update; under FSDP (`training.sharding`) the sharded
-backward averages them, and under DeepSpeed (`training.zero`) the engine reduces, clips and steps; saving gathers
-the slices (every process calls `save`, the main one writes).
+Every random draw of a training step (prompts, noise, chosen steps, scored frames) comes from a generator seeded by
+(seed, step, micro-batch, process) through `reward.seeds` (any seed in 0..2^64-1), so a run resumed from a checkpoint
+repeats the uninterrupted run's losses exactly, and each data-parallel process draws its own batch. With several
+processes the LoRA gradients are averaged through accelerate before clipping, so every process applies the same
+update; under FSDP (`training.sharding`) the sharded backward averages them, and under DeepSpeed (`training.zero`) the
+engine reduces, clips and steps; saving gathers the slices (every process calls `save`, the main one writes).
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from typing import Any
 import torch
 
 from ..reward.composite import reward_loss, select_frames
+from ..reward.files import atomic_folder
+from ..reward.seeds import derive_seed, seeded_generator
 from .build import RewardObjective, load_family, load_objective
 from . import zero
 from .checkpoint import gather_state, load_state, save_state
@@ -30,6 +32,11 @@ from .sharding import full, shard, wants_fsdp
 from .steps import grad_steps
 
 ADAPTER = "reward_train"
+# The first key under the config's seed of each kind of random draw, so that no two kinds share a stream:
+STEP_DRAWS = 0  # (STEP_DRAWS, step, micro-batch, process): a micro-batch's prompts, noise and steps with gradients
+STEP_FRAMES = 1  # (STEP_FRAMES, step, micro-batch, process): the frames it scores
+HELD_OUT_DRAWS = 2  # (HELD_OUT_DRAWS, index): the noise of held-out prompt `index`, the same at every evaluation
+HELD_OUT_FRAMES = 3  # (HELD_OUT_FRAMES, index): the frames scored for it
 
 
 class TrainingDiverged(RuntimeError):
@@ -37,7 +44,13 @@ class TrainingDiverged(RuntimeError):
 
 
 def step_generator(seed: int, step: int, micro: int = 0, rank: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + micro) * 101 + rank)
+    """The generator of a training micro-batch's prompts, noise and steps with gradients."""
+    return seeded_generator(seed, STEP_DRAWS, step, micro, rank)
+
+
+def held_out_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of held-out prompt `index`'s noise (the same at every evaluation)."""
+    return seeded_generator(seed, HELD_OUT_DRAWS, index)
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -86,6 +99,8 @@ class RewardBackprop:
             self.engine, _ = accelerator.prepare(self.transformer, self.optimizer)
             family.route(self.expert, self.engine)
         self.step = 0
+        if self.main and family.sampling_settings():
+            print(self.sampling_note(), flush=True)
         self.autocast = (torch.autocast(family.device.type, dtype=family.dtype)
                          if family.dtype != torch.float32 else contextlib.nullcontext())
 
@@ -116,6 +131,14 @@ class RewardBackprop:
         chosen = grad_steps(c.strategy, len(mine), c.backprop_steps, generator, c.random_start, c.random_end, c.step_list)
         return [mine[i] for i in chosen]
 
+    def sampling_note(self) -> str:
+        """The schedule's model-dependent settings (Wan2.2: shift and boundary) and the steps each transformer runs."""
+        names = [self.family.expert(t) for t in self.family.schedule(self.config.steps).timesteps]
+        runs = [f"steps {names.index(name)}-{len(names) - 1 - names[::-1].index(name)} on the {name} transformer"
+                for name in self.family.transformers if name in names]
+        settings = ", ".join(f"{key} {value:g}" for key, value in self.family.sampling_settings().items())
+        return f"{self.family.name} sampling: {settings}; of {len(names)} steps, {', '.join(runs)}"
+
     def decoded_frames(self, prompts: list[str], generator: torch.Generator, chosen: list[int]) -> torch.Tensor:
         c = self.config
         latents = sample(self.family, prompts, c.negative_prompt, c.frames, c.height, c.width, c.steps, c.guidance,
@@ -140,7 +163,7 @@ class RewardBackprop:
             chosen = self.chosen_steps(generator)
             with self.autocast:
                 frames = self.decoded_frames(prompts, generator, chosen)
-                reward = self._rewards(frames, prompts, seed=c.seed + self.step)
+                reward = self._rewards(frames, prompts, seed=derive_seed(c.seed, STEP_FRAMES, self.step, micro, self.rank))
                 loss = reward_loss(reward, self.objective.form, self.objective.target, self.objective.scale)
             if self.engine is None:
                 (loss / c.accumulation).backward()
@@ -183,10 +206,9 @@ class RewardBackprop:
         c = self.config
         scores = []
         for index, prompt in enumerate(prompts):
-            generator = torch.Generator().manual_seed(c.seed * 7919 + index)
             with self.autocast:
-                frames = self.decoded_frames([prompt], generator, [])
-                scores.append(float(self._rewards(frames, [prompt], seed=index)[0]))
+                frames = self.decoded_frames([prompt], held_out_generator(c.seed, index), [])
+                scores.append(float(self._rewards(frames, [prompt], seed=derive_seed(c.seed, HELD_OUT_FRAMES, index))[0]))
         return sum(scores) / len(scores)
 
     def save(self, folder: Path) -> None:
@@ -194,15 +216,9 @@ class RewardBackprop:
         lora, state = self._lora(), self._state()
         if not self.main:
             return
-        temporary = folder.with_name(f".{folder.name}.tmp")
-        temporary.mkdir(parents=True, exist_ok=True)
-        write_lora(lora, temporary / "lora.safetensors", "videox")
-        save_state(temporary, state)
-        if folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
-        temporary.rename(folder)
+        with atomic_folder(folder) as staging:
+            write_lora(lora, staging / "lora.safetensors", "videox")
+            save_state(staging, state)
 
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         if self.engine is None:

@@ -50,7 +50,7 @@ def _load_family(config: TrainConfig, dtype: torch.dtype, device: torch.device, 
     from .families.wan import Wan22
 
     files = {k: Path(config.model[k]) for k in ("high", "low", "vae", "text_encoder")}
-    return Wan22.load(**files, dtype=dtype, device=device, offload_idle=offload_idle)
+    return Wan22.load(**files, dtype=dtype, device=device, shift=config.shift, offload_idle=offload_idle)
 
 
 @dataclass

@@ -15,23 +15,64 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, TextIO
 
 from .config import TrainConfig
-from ..reward.files import write_json_atomic
-from .jobs import Job, create_job, start
+from ..reward.files import write_json_atomic, write_text_atomic
+from ..reward.quiet import quiet_libraries
+from .jobs import RESUMABLE_CHANGES, Job, create_job, reuse, start
 
 
 def prepare(output: Path, config: TrainConfig) -> Job:
-    """`output` as a job directory for `config` (the same config when it already holds one: a resume)."""
+    """`output` as a job directory for `config`: the same config, or one that differs only in settings that keep
+    resuming exact (RESUMABLE_CHANGES), resumes the job there; any other config is refused."""
     output.mkdir(parents=True, exist_ok=True)
     existing = output / "config.json"
-    if existing.is_file() and TrainConfig.load(existing) != config:
-        raise SystemExit(f"{output} holds a job with another config; choose a new --output (or run without --config to resume)")
-    write_json_atomic(existing, json.loads(config.to_json()))
+    if existing.is_file():
+        try:
+            action = reuse(Job(output), config)
+        except FileExistsError as err:
+            raise SystemExit(f"{output}: {err}") from None
+        if action == "replace":
+            raise SystemExit(f"{output} holds a job with other settings that change the training (only "
+                             f"{', '.join(RESUMABLE_CHANGES)} may change on a resume); choose a new --output "
+                             "(or run without --config to resume)")
+    write_text_atomic(existing, config.to_json())
     if not (output / "job.json").is_file():
         write_json_atomic(output / "job.json", {"id": output.name, "export_to": None})
     return Job(output)
+
+
+class _Tee:
+    """A text stream that writes to a terminal stream and a log file at once."""
+
+    def __init__(self, stream: TextIO, log: TextIO) -> None:
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.stream.flush()
+
+    def __getattr__(self, name: str):  # isatty, fileno, encoding: the terminal's
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def teed(log_path: Path) -> Iterator[None]:
+    """Inside, what is printed goes to the terminal and is appended to `log_path` too."""
+    with open(log_path, "a", encoding="utf-8", buffering=1) as log:
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = saved
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                        ("cancel", "ask a job to stop (it saves a checkpoint first)"), ("resume", "restart a job in the background")):
         commands.add_parser(name, help=text).add_argument("job", type=Path)
     args = parser.parse_args(argv)
+    if args.command in ("run", "run-job"):
+        quiet_libraries()
 
     from .runner import run_job
 
@@ -61,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             prepare(args.output, config)
         elif not (args.output / "config.json").is_file():
             parser.error(f"{args.output} holds no job; pass --config")
-        return 0 if run_job(args.output) in ("finished", "cancelled") else 1
+        job = Job(args.output)
+        job.clear_cancel()  # running it again in the foreground resumes a cancelled job
+        with teed(job.log):
+            return 0 if run_job(args.output) in ("finished", "cancelled") else 1
     if args.command == "run-job":
         return 0 if run_job(args.job) in ("finished", "cancelled") else 1
     if args.command == "start":

@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..reward.composite import FRAME_MODES, LOSS_FORMS
+from ..reward.registry import REWARDS
+from ..reward.seeds import check_seed
+from .families import family_class
 from .steps import STRATEGIES
 
 FAMILIES = ("cogvideox", "easyanimate", "wan2.2")
@@ -18,6 +24,9 @@ WAN_FILES = ("high", "low", "vae", "text_encoder")
 EXPERTS = ("low", "high")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 OPTIMIZERS = ("adamw", "adamw8bit")
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+KINDS = {"int": "a whole number", "float": "a finite number", "bool": "true or false", "str": "text",
+         "list[str]": "a list of texts", "list[int]": "a list of whole numbers"}
 
 
 @dataclass
@@ -50,6 +59,7 @@ class TrainConfig:
     frames: int = 49
     steps: int = 50
     guidance: float = 6.0
+    shift: float | None = None  # Wan2.2's sampling shift; None: the experts' official value (training.families.wan.SHIFTS)
     strategy: str = "last"
     backprop_steps: int = 1
     random_start: int = 0
@@ -81,7 +91,8 @@ class TrainConfig:
     fsdp: bool = False  # shard the transformers across the processes of `accelerate launch` (see training.sharding)
 
     def validate(self) -> "TrainConfig":
-        """Raise ValueError naming the first setting that cannot work."""
+        """Raise ValueError naming the first setting that cannot work (and what it allows); nothing is loaded."""
+        self._check_types()
         if self.family not in FAMILIES:
             raise ValueError(f"unknown family '{self.family}'; choose one of {', '.join(FAMILIES)}")
         needed = WAN_FILES if self.family == "wan2.2" else ("folder",)
@@ -90,26 +101,77 @@ class TrainConfig:
             raise ValueError(f"{self.family} needs the model files {', '.join(needed)}; missing: {', '.join(missing)}")
         if not self.rewards:
             raise ValueError("choose at least one reward")
+        for choice in self.rewards:
+            if choice.key not in REWARDS:
+                raise ValueError(f"rewards: unknown reward '{choice.key}'; choose one of {', '.join(REWARDS)}")
+            if isinstance(choice.weight, bool) or not isinstance(choice.weight, (int, float)) or not math.isfinite(choice.weight):
+                raise ValueError(f"rewards: the weight of {choice.key} must be a finite number, got {choice.weight!r}")
         if not self.prompts and not self.prompts_file:
             raise ValueError("give training prompts (a list, or a .txt / .jsonl prompts file)")
         checks = {
             "expert": (self.expert, EXPERTS), "strategy": (self.strategy, STRATEGIES),
             "precision": (self.precision, PRECISIONS), "optimizer": (self.optimizer, OPTIMIZERS),
+            "loss": (self.loss, LOSS_FORMS), "frame_mode": (self.frame_mode, FRAME_MODES),
         }
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{name} '{value}' is not one of {', '.join(allowed)}")
         positive = {"steps": self.steps, "rank": self.rank, "batch_size": self.batch_size, "accumulation": self.accumulation,
                     "max_steps": self.max_steps, "decoded_latents": self.decoded_latents, "backprop_steps": self.backprop_steps,
-                    "checkpoint_every": self.checkpoint_every, "learning_rate": self.learning_rate, "alpha": self.alpha}
+                    "checkpoint_every": self.checkpoint_every, "learning_rate": self.learning_rate, "alpha": self.alpha,
+                    "frame_count": self.frame_count, "validation_every": self.validation_every,
+                    "sample_every": self.sample_every, "max_grad_norm": self.max_grad_norm, "adam_eps": self.adam_eps}
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
+        self._check_sampling()
+        check_seed(self.seed)
+        if self.shift is not None and self.family != "wan2.2":
+            raise ValueError(f"shift applies to Wan2.2 only ({self.family} samples with its own scheduler); remove it")
+        if self.shift is not None and self.shift <= 0:
+            raise ValueError(f"shift must be positive (or null to follow the model), got {self.shift}")
         if self.fsdp and self.optimizer == "adamw8bit":
             raise ValueError("the 8-bit AdamW optimizer does not work on FSDP-sharded weights; use adamw with fsdp")
         if self.vae_gradient_checkpointing and self.family != "cogvideox":
             raise ValueError(f"VAE gradient checkpointing works for the CogVideoX VAE only; {self.family}'s VAE does not support it")
         return self
+
+    def _check_types(self) -> None:
+        """Each plain setting holds a value of its kind (a typo such as "frames": "49" fails here, not at step 1)."""
+        for spec in dataclasses.fields(self):
+            value, kind = getattr(self, spec.name), str(spec.type)
+            if kind.endswith(" | None"):
+                if value is None:
+                    continue
+                kind = kind.removesuffix(" | None")
+            if kind in KINDS and not _is_kind(value, kind):
+                raise ValueError(f"{spec.name} must be {KINDS[kind]}, got {value!r}")
+
+    def _check_sampling(self) -> None:
+        """The loss, the video size, the steps that carry gradients and the prompts."""
+        if self.loss_target is not None and self.loss != "target":
+            raise ValueError(f"loss_target applies to loss 'target' only (loss is '{self.loss}'); remove it or set loss to 'target'")
+        if self.guidance < 1:
+            raise ValueError(f"guidance must be at least 1 (1 = no classifier-free guidance), got {self.guidance}")
+        for name in ("weight_decay", "random_start"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if not DEVICE.fullmatch(self.device):
+            raise ValueError(f"device '{self.device}' is not one of auto, cpu, cuda, cuda:<index>")
+        family_class(self.family).check_size(self.frames, self.height, self.width)
+        end = self.steps if self.random_end is None else self.random_end
+        if not self.random_start < end <= self.steps:
+            raise ValueError(f"random_start {self.random_start} and random_end {self.random_end} must give a non-empty "
+                             f"range inside the {self.steps} sampling steps (0 <= random_start < random_end <= steps)")
+        outside = [s for s in self.step_list if not 0 <= s < self.steps]
+        if outside:
+            raise ValueError(f"step_list {outside} lies outside the sampling steps 0..{self.steps - 1}")
+        if self.strategy == "list" and not self.step_list:
+            raise ValueError("strategy 'list' needs a step_list (indices of the sampling steps that carry gradients)")
+        for name in ("prompts", "validation_prompts"):
+            blank = [n for n, prompt in enumerate(getattr(self, name), 1) if not prompt.strip()]
+            if blank:
+                raise ValueError(f"{name}: prompt {blank[0]} is empty; every prompt needs some text")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -134,6 +196,16 @@ class TrainConfig:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from err
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    if kind.startswith("list["):
+        return isinstance(value, list) and all(_is_kind(v, kind[5:-1]) for v in value)
+    if kind == "float":
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if kind == "int":
+        return not isinstance(value, bool) and isinstance(value, int)
+    return isinstance(value, {"bool": bool, "str": str}[kind])
 
 
 def read_prompts(path: Path) -> list[str]:

@@ -18,11 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..reward.files import write_json_atomic
+from ..reward.files import atomic_folder, atomic_path, write_json_atomic, write_text_atomic
 from .config import TrainConfig
 
 STATES = ("queued", "running", "finished", "failed", "cancelled")
 ACTIVE = ("queued", "running")
+# Settings that leave the training trajectory (every loss and update) unchanged: a failed or cancelled job whose
+# settings differ only in these resumes from its checkpoints; any other change starts a new job.
+RESUMABLE_CHANGES = ("max_steps", "checkpoint_every", "validation_prompts", "validation_every", "sample_every")
 PACKAGE = "video_reward_lora"
 PACK_ROOT = Path(__file__).resolve().parents[1]
 # Imports the pack (whatever its folder is called under custom_nodes) as `video_reward_lora` without running its
@@ -74,6 +77,13 @@ class Job:
     def config(self) -> TrainConfig:
         return TrainConfig.load(self.path / "config.json")
 
+    def settings(self) -> dict[str, Any]:
+        """config.json as it was written (readable even when a setting in it is refused now)."""
+        try:
+            return json.loads((self.path / "config.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
     def info(self) -> dict[str, Any]:
         path = self.path / "job.json"
         return json.loads(path.read_text()) if path.is_file() else {}
@@ -93,20 +103,28 @@ class Job:
             return {}
 
     def status(self) -> dict[str, Any]:
-        """The recorded status; a queued or running job whose process is gone reads as failed (and resumable)."""
-        status = self._read_status() or {"state": "queued", "reason": "starting"}
-        if status["state"] in ACTIVE and status.get("pid") and not _alive(status["pid"]):
+        """The recorded status; a queued or running job with no live process behind it (killed, crashed, or never
+        started) reads as failed, and resumable."""
+        status = self._read_status() or {"state": "queued"}
+        if status.get("state") in ACTIVE and not _alive(status.get("pid")):
             step = self.latest_checkpoint_step()
+            what = ("the job process stopped without finishing (killed or crashed)" if status.get("pid")
+                    else "the job was never started (its start was interrupted)")
             status = {**status, "state": "failed", "resumable": True,
-                      "reason": "the job process stopped without finishing (killed or crashed); resume continues from "
-                      + (f"the checkpoint at step {step}" if step else "the start")}
+                      "reason": f"{what}; resume continues from " + (f"the checkpoint at step {step}" if step else "the start")}
         return status
 
     def append_metrics(self, record: dict[str, Any]) -> None:
+        """One line more; a write that fails part-way (a full disk) is cut off again, so no partial line stays."""
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+            size = handle.tell()
+            try:
+                handle.write(json.dumps(record) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError:
+                handle.truncate(size)
+                raise
 
     def metrics(self) -> list[dict[str, Any]]:
         path = self.path / "metrics.jsonl"
@@ -123,9 +141,7 @@ class Job:
     def truncate_metrics(self, step: int) -> None:
         """Drop the records after `step` (a resumed job repeats those steps)."""
         kept = [r for r in self.metrics() if r.get("step", 0) <= step]
-        temporary = self.path / ".metrics.jsonl.tmp"
-        temporary.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        os.replace(temporary, self.path / "metrics.jsonl")
+        write_text_atomic(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
 
     def checkpoint_dirs(self) -> list[Path]:
         if not self.checkpoints.is_dir():
@@ -143,32 +159,89 @@ class Job:
     def request_cancel(self) -> None:
         (self.path / "cancel").touch()
 
+    def clear_cancel(self) -> None:
+        """Forget an earlier cancel request (a job started again runs)."""
+        (self.path / "cancel").unlink(missing_ok=True)
+
     def cancel_requested(self) -> bool:
         return (self.path / "cancel").exists()
 
 
 def create_job(jobs_root: Path, config: TrainConfig, export_to: Path | None = None, name: str = "") -> Job:
-    """A new job directory with its config; `export_to` is where the finished LoRA is also copied."""
+    """A new job directory with its config, its info and a status (queued, no process yet); `export_to` is where
+    the finished LoRA is also copied. All or nothing: the folder is filled under a temporary name and renamed."""
     config.validate()
     job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{name or config.family}-{uuid.uuid4().hex[:6]}"
     path = Path(jobs_root) / job_id
-    path.mkdir(parents=True)
-    (path / "config.json").write_text(config.to_json())
-    write_json_atomic(path / "job.json", {"id": job_id, "created": time.time(),
-                                          "export_to": str(export_to) if export_to else None})
+    with atomic_folder(path) as staging:
+        write_text_atomic(staging / "config.json", config.to_json())
+        write_json_atomic(staging / "job.json", {"id": job_id, "created": time.time(),
+                                                 "export_to": str(export_to) if export_to else None})
+        write_json_atomic(staging / "status.json", {"state": "queued", "reason": "created, not started yet",
+                                                    "pid": None, "updated": time.time()})
     return Job(path)
 
 
 def find_job(jobs_root: Path, job_id: str) -> Job:
+    """The job `job_id`: a plain folder name inside `jobs_root` (no path, no `.`/`..`, no hidden name)."""
     path = Path(jobs_root) / job_id
-    if not job_id or "/" in job_id or "\\" in job_id or not (path / "config.json").is_file():
+    plain = bool(job_id) and Path(job_id).name == job_id and "\\" not in job_id and not job_id.startswith(".")
+    if not plain or not (path / "config.json").is_file():
         raise FileNotFoundError(f"there is no training job '{job_id}' in {jobs_root}")
     return Job(path)
 
 
+def settings_changed(job: Job, config: TrainConfig) -> list[str]:
+    """The settings in which `config` differs from the job's config.json, read as it is (a job that failed on a
+    setting that is refused now still compares)."""
+    old, new = job.settings(), json.loads(config.to_json())
+    return sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
+
+
+def reuse(job: Job, config: TrainConfig) -> str:
+    """What a new request for `config` does with the existing `job` of the same LoRA:
+
+    - "keep": same settings and the job is queued, running or finished (nothing to start);
+    - "resume": failed or cancelled, and the settings are the same or differ only in RESUMABLE_CHANGES (the
+      checkpoints stay valid; the new settings are written to the job and it restarts from its last checkpoint);
+    - "replace": failed or cancelled with settings that change the training (a new job starts from step 0).
+    A queued, running or finished job with other settings raises FileExistsError."""
+    status = job.status()
+    state = status.get("state")
+    changed = settings_changed(job, config)
+    if not changed:
+        return "keep" if state in ACTIVE + ("finished",) else "resume"
+    if state in ACTIVE + ("finished",):
+        what = "cancel it first" if state in ACTIVE else "delete its folder to train it again"
+        raise FileExistsError(f"training job {job.id} for this LoRA is {state} with other settings "
+                              f"({', '.join(changed)}); choose another LoRA name, or {what}")
+    return "resume" if set(changed) <= set(RESUMABLE_CHANGES) else "replace"
+
+
+def open_job(jobs_root: Path, config: TrainConfig, export_to: Path, name: str = "") -> tuple[Job, str]:
+    """The job that trains `config` into `export_to` and what to do with it: ("keep", the job as it is), ("resume",
+    an earlier job updated to `config`), ("new", a new job), or ("replace", a new job that replaces a failed or
+    cancelled one with other settings; the old folder stays, with its checkpoints, as a job that exports nothing)."""
+    job = job_exporting_to(jobs_root, export_to)
+    if job is None:
+        if export_to.exists():
+            raise FileExistsError(f"{export_to} exists already and no training job made it; choose another LoRA name")
+        return create_job(jobs_root, config, export_to, name), "new"
+    action = reuse(job, config)
+    if action == "resume" and settings_changed(job, config):
+        write_text_atomic(job.path / "config.json", config.to_json())
+    if action != "replace":
+        return job, action
+    new = create_job(jobs_root, config, export_to, name)
+    write_json_atomic(job.path / "job.json", {**job.info(), "export_to": None, "replaced_by": new.id})
+    return new, action
+
+
 def job_exporting_to(jobs_root: Path, path: Path) -> Job | None:
-    """The job in `jobs_root` whose finished LoRA is copied to `path`, if any."""
-    for info in sorted(Path(jobs_root).glob("*/job.json")):
+    """The newest job in `jobs_root` whose finished LoRA is copied to `path`, if any."""
+    for info in sorted(Path(jobs_root).glob("*/job.json"), reverse=True):
+        if info.parent.name.startswith("."):  # a job folder still being created
+            continue
         job = Job(info.parent)
         if job.info().get("export_to") == str(path):
             return job
@@ -178,16 +251,19 @@ def job_exporting_to(jobs_root: Path, path: Path) -> Job | None:
 def start(job: Job) -> subprocess.Popen:
     """Run the job in a new process (its output goes to log.txt); returns at once."""
     state = job.status().get("state")
-    if state in ACTIVE and (job.path / "status.json").exists():
+    if state in ACTIVE:
         raise RuntimeError(f"job {job.id} is already {state}")
-    (job.path / "cancel").unlink(missing_ok=True)
-    job.set_status("queued", "waiting for its process to start")
-    with open(job.log, "a", encoding="utf-8") as log:  # the child keeps its own copy of the handle
-        process = subprocess.Popen(
-            [sys.executable, "-c", BOOTSTRAP, str(PACK_ROOT), "run-job", str(job.path)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    job.clear_cancel()
+    try:
+        with open(job.log, "a", encoding="utf-8") as log:  # the child keeps its own copy of the handle
+            process = subprocess.Popen(
+                [sys.executable, "-c", BOOTSTRAP, str(PACK_ROOT), "run-job", str(job.path)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+    except OSError as err:
+        job.set_status("failed", f"the job process could not start: {err}", resumable=True)
+        raise
     job.set_status("queued", "waiting for the GPU", pid=process.pid)
     return process
 
@@ -198,8 +274,6 @@ def export_lora(job: Job) -> Path | None:
     if not target or not job.lora.is_file():
         return None
     destination = Path(target)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.with_name(f".{destination.name}.tmp")
-    shutil.copyfile(job.lora, temporary)
-    os.replace(temporary, destination)
+    with atomic_path(destination) as temporary:
+        shutil.copyfile(job.lora, temporary)
     return destination

@@ -2,52 +2,69 @@
 and leave a status that says how it ended (finished, cancelled, failed with the reason)."""
 from __future__ import annotations
 
-import os
 import shutil
+import socket
+import time
 import traceback
-from contextlib import nullcontext
+import uuid
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
+from ..reward.files import atomic_path, write_text_atomic
+from ..reward.plot import frame_grid, save_png
 from .backprop import RewardBackprop, TrainingDiverged
 from .build import load_family, load_objective, resolve_device, resolve_dtype
 from .config import TrainConfig, read_prompts
 from .jobs import Job, export_lora
-from . import zero
+from . import gpu_lock, zero
 from .sharding import full, held_fraction, wants_fsdp
 
 KEEP_CHECKPOINTS = 3
-LOCK_FILE = ".gpu.lock"
 OUT_OF_MEMORY_HINT = ("lower the size, frames or rank, keep gradient checkpointing on, decode fewer latents, or train "
                       "fewer steps with gradients")
 
 
-def save_image(frames: torch.Tensor, path: Path) -> None:
-    """Frames `[N,3,H,W]` in 0..1 side by side as one PNG, written atomically."""
-    row = torch.cat(list(frames.clamp(0, 1)), dim=-1)
-    pixels = (row.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(pixels).save(temporary)
-    os.replace(temporary, path)
+def save_image(frames: torch.Tensor, path: Path, captions: Sequence[str] | None = None, columns: int | None = None) -> None:
+    """Frames `[N,3,H,W]` in 0..1 as one PNG grid (`reward.plot.frame_grid`: small frames enlarged, optional
+    captions), written atomically."""
+    pixels = (frames.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    save_png(frame_grid(pixels, captions, columns), path)
 
 
-def _wait_for_gpu(job: Job, main: bool):
-    """The lock that lets one job use the GPU at a time; None when the job was cancelled while queued."""
-    from filelock import FileLock, Timeout
+def _wait_for_gpu(job: Job, accelerator) -> AbstractContextManager | None:
+    """This process's part of the machine-wide GPU lock (`gpu_lock`), held until the block it guards ends; None when the
+    job was cancelled while queued. In a multi-process run the first process on each machine queues for that machine's
+    lock and the others learn the outcome from a file in the job folder, which they poll: a collective call would time
+    out behind a long queue. Then every process meets the others, and a cancellation on any machine cancels all."""
+    def waiting(place: int, holder: str | None) -> None:
+        behind = f"job {Path(holder).name}" if holder else "another job"
+        job.set_status("queued", f"{gpu_lock.ordinal(place)} in line for the GPU behind {behind}")
 
-    lock = FileLock(str(job.path.parent / LOCK_FILE))
-    while True:
-        try:
-            lock.acquire(timeout=1.0)
-            return lock
-        except Timeout:
-            if job.cancel_requested():
-                return None
-            if main:
-                job.set_status("queued", "waiting for the GPU (another training job is running)")
+    if accelerator.num_processes == 1:
+        return gpu_lock.acquire(job.path, job.cancel_requested, waiting)
+    from accelerate.utils import broadcast_object_list
+
+    launch = broadcast_object_list([uuid.uuid4().hex])[0]  # a name for this launch, the same on every process
+    outcome = job.path / f".gpu-{launch}-{socket.gethostname()}"
+    lock: AbstractContextManager | None = nullcontext()
+    if accelerator.is_local_main_process:
+        lock = gpu_lock.acquire(job.path, job.cancel_requested, waiting if accelerator.is_main_process else None)
+        write_text_atomic(outcome, "cancelled" if lock is None else "held")
+    else:
+        while not outcome.is_file():
+            time.sleep(0.5)
+        if outcome.read_text() == "cancelled":
+            lock = None
+    cancelled = accelerator.reduce(torch.tensor([float(lock is None)], device=accelerator.device), "sum").item() > 0
+    if accelerator.is_local_main_process:
+        outcome.unlink()
+    if cancelled and isinstance(lock, gpu_lock.GpuLock):
+        lock.release()
+    return None if cancelled else lock
 
 
 def run_job(path: Path) -> str:
@@ -66,17 +83,19 @@ def run_job(path: Path) -> str:
 
 def _run(job: Job, config: TrainConfig, accelerator) -> str:
     main = accelerator.is_main_process
-    single = accelerator.num_processes == 1
-    lock = _wait_for_gpu(job, main) if single else nullcontext()
+    lock = _wait_for_gpu(job, accelerator)
     if lock is None:
-        job.set_status("cancelled", "cancelled while queued", step=job.latest_checkpoint_step())
+        if main:
+            job.set_status("cancelled", "cancelled while queued", step=job.latest_checkpoint_step())
         return "cancelled"
     step = job.latest_checkpoint_step()
     try:
         with lock:
             return _train(job, config, accelerator)
     except TrainingDiverged as err:
-        reason = f"{err}; the last good checkpoint is step {job.latest_checkpoint_step()} (try a lower learning rate)"
+        step = job.latest_checkpoint_step()
+        saved = f"the last good checkpoint is step {step}" if step else "no checkpoint was saved yet"
+        reason = f"{err}; {saved} (try a lower learning rate)"
     except torch.OutOfMemoryError as err:
         reason = f"out of memory at step {job.status().get('step', step) + 1}: {OUT_OF_MEMORY_HINT} ({str(err).splitlines()[0]})"
     except Exception as err:  # noqa: BLE001 - any failure must end in a readable status, never a silent hang
@@ -101,12 +120,17 @@ def _train(job: Job, config: TrainConfig, accelerator) -> str:
     dtype = resolve_dtype(config.precision, device)
     if main:
         job.set_status("running", "loading the models", step=job.latest_checkpoint_step(), max_steps=config.max_steps)
-    family = load_family(config, dtype, device, sharded=wants_fsdp(config.fsdp, accelerator))
+    prompts = config.prompts or read_prompts(Path(config.prompts_file))  # a missing file fails before any model loads
     objective = load_objective(config, dtype, device)
-    prompts = config.prompts or read_prompts(Path(config.prompts_file))
-    family.encode(list(dict.fromkeys([*prompts, *config.validation_prompts, config.negative_prompt])))
+    family = load_family(config, dtype, device, sharded=wants_fsdp(config.fsdp, accelerator))
+    # the training prompts are encoded apart from the validation ones, so changing those leaves training exact
+    family.encode(list(dict.fromkeys([*prompts, config.negative_prompt])))
+    if config.validation_prompts:
+        family.encode(config.validation_prompts)
     family.release_text_encoders()
     trainer = RewardBackprop(config, family, objective, accelerator)
+    if main and family.sampling_settings():  # Wan2.2's shift and boundary, for the status text
+        job.set_status("running", "models loaded", **family.sampling_settings())
     if main and (trainer.sharded or trainer.engine is not None):
         scheme = "FSDP" if trainer.sharded else f"DeepSpeed ZeRO-{trainer.engine.zero_optimization_stage()}"
         print(f"{scheme} over {accelerator.num_processes} processes: this one holds {held_fraction(trainer.transformer):.1%} "
@@ -139,9 +163,9 @@ def _train(job: Job, config: TrainConfig, accelerator) -> str:
             _checkpoint(job, trainer)
         if main:
             if trainer.step % config.sample_every == 0 or last or trainer.step == 1:
-                job.samples.mkdir(exist_ok=True)
                 save_image(trainer.last_frames, job.samples / "latest.png")
-                shutil.copyfile(job.samples / "latest.png", job.samples / f"step-{trainer.step:06d}.png")
+                with atomic_path(job.samples / f"step-{trainer.step:06d}.png") as copy:
+                    shutil.copyfile(job.samples / "latest.png", copy)
             job.set_status("running", f"step {trainer.step}/{config.max_steps}", step=trainer.step,
                            loss=record["loss"], reward=record["reward"])
         bar.update(1)

@@ -50,6 +50,10 @@ class VideoFamily(ABC):
         """The name (in `transformers`) of the transformer that denoises at timestep `t`."""
         return "transformer"
 
+    def sampling_settings(self) -> dict[str, float]:
+        """The sampling schedule's settings that depend on the model loaded, for the job's log and status (none here)."""
+        return {}
+
     def route(self, name: str, caller: Callable[..., Any]) -> None:
         """Call the transformer `name` through `caller` (a wrapper of it, such as a DeepSpeed engine) to denoise."""
         self._callers[name] = caller
@@ -108,12 +112,14 @@ class VideoFamily(ABC):
             joined = joined.cat(row)
         return joined.to(self.device, self.dtype)
 
-    def check_size(self, frames: int, height: int, width: int) -> None:
-        multiple = self.spatial_scale * 2
-        if height % multiple or width % multiple:
-            raise ValueError(f"{self.name}: width and height must be multiples of {multiple}, got {width}x{height}")
-        if (frames - 1) % self.temporal_scale:
-            raise ValueError(f"{self.name}: frames must be {self.temporal_scale}k+1 (e.g. 49), got {frames}")
+    @classmethod
+    def check_size(cls, frames: int, height: int, width: int) -> None:
+        """Refuse a video size the family cannot generate (callable on the class: no model needs loading)."""
+        multiple = cls.spatial_scale * 2
+        if width < multiple or height < multiple or height % multiple or width % multiple:
+            raise ValueError(f"{cls.name}: width and height must be positive multiples of {multiple}, got {width}x{height}")
+        if frames < 1 or (frames - 1) % cls.temporal_scale:
+            raise ValueError(f"{cls.name}: frames must be {cls.temporal_scale}k+1 (e.g. 49), got {frames}")
 
     def init_latents(self, batch: int, frames: int, height: int, width: int, generator: torch.Generator | None) -> torch.Tensor:
         shape = self.latent_shape(batch, frames, height, width)

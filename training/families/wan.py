@@ -6,7 +6,8 @@ models/vae/wan_2.1_vae.safetensors (original Wan VAE keys), models/text_encoders
 UMT5: transformers key names, possibly fp8 scaled, with its SentencePiece model embedded as the uint8 tensor
 `spiece_model`). Model sizes are read from the weight shapes. Latents are `[B, 16, F, H/8, W/8]`, normalised by the
 VAE's per-channel mean and std. I2V and Fun InP experts (36 input channels) take `[keep-mask (4), masked-video
-latents (16)]` after the noisy latents on dim 1. The high-noise expert runs for timesteps >= boundary * 1000.
+latents (16)]` after the noisy latents on dim 1. The high-noise expert runs for timesteps >= boundary * 1000, on the
+flow-matching schedule shifted by `shift` (sigma' = shift * sigma / (1 + (shift - 1) * sigma)).
 """
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ TEXT_LENGTH = 512
 HEAD_DIM = 128  # every Wan model; ComfyUI derives the head count the same way
 NUM_TRAIN_TIMESTEPS = 1000
 BOUNDARIES = {LATENT_CHANNELS: 0.875, 2 * LATENT_CHANNELS + MASK_CHANNELS: 0.900}  # by input channels: T2V, I2V/Fun InP
+# The official sampling shift by input channels: T2V A14B 12.0 (Wan-Video/Wan2.2 wan/configs/wan_t2v_A14B.py
+# `sample_shift`; VideoX-Fun config/wan2.2/wan_civitai_t2v.yaml `scheduler_kwargs.shift`), I2V A14B and Fun A14B InP
+# 5.0 (wan/configs/wan_i2v_A14B.py; VideoX-Fun config/wan2.2/wan_civitai_i2v.yaml, which its Wan2.2-Fun reward
+# training scripts/wan2.2_fun/train_reward_lora.sh uses). ComfyUI's Wan2.2 14B templates sample at 8 (ModelSamplingSD3).
+SHIFTS = {LATENT_CHANNELS: 12.0, 2 * LATENT_CHANNELS + MASK_CHANNELS: 5.0}
 # a key that marks what a file holds, for the errors about files given in the wrong place
 KINDS = {
     "head.modulation": "a Wan diffusion model",
@@ -169,13 +175,14 @@ class Wan22(VideoFamily):
 
     @classmethod
     def load(cls, high: Path, low: Path, vae: Path, text_encoder: Path, dtype: torch.dtype = torch.bfloat16,
-             device: torch.device | str = "cpu", boundary: float | None = None, shift: float = 5.0,
+             device: torch.device | str = "cpu", boundary: float | None = None, shift: float | None = None,
              offload_idle: bool = False) -> "Wan22":
-        """The experts, VAE and UMT5 from ComfyUI's files. `boundary` defaults to 0.900 for I2V / Fun InP experts and
-        0.875 for T2V ones; `offload_idle` keeps the expert that is not running (and has nothing to train) on the CPU."""
+        """The experts, VAE and UMT5 from ComfyUI's files. `boundary` and `shift` default to the official values of the
+        experts loaded (BOUNDARIES, SHIFTS: 0.900 and 5 for I2V / Fun InP experts, 0.875 and 12 for T2V ones);
+        `offload_idle` keeps the expert that is not running (and has nothing to train) on the CPU."""
         if boundary is not None and not 0 < boundary <= 1:
             raise ValueError(f"the expert boundary is a fraction of the 1000 timesteps (0 < boundary <= 1), got {boundary}")
-        if shift <= 0:
+        if shift is not None and shift <= 0:
             raise ValueError(f"the timestep shift must be positive, got {shift}")
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
         from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
@@ -212,8 +219,10 @@ class Wan22(VideoFamily):
         device = torch.device(device)
         for module in (autoencoder, encoder) if offload_idle else (autoencoder, encoder, high_expert, low_expert):
             module.to(device)
+        in_channels = configs["low"]["in_channels"]
         return cls(high_expert, low_expert, autoencoder, encoder, tokenizer,
-                   BOUNDARIES[configs["low"]["in_channels"]] if boundary is None else boundary, shift, offload_idle, dtype, device)
+                   BOUNDARIES[in_channels] if boundary is None else boundary, SHIFTS[in_channels] if shift is None else shift,
+                   offload_idle, dtype, device)
 
     @property
     def transformers(self) -> dict[str, nn.Module]:
@@ -222,6 +231,9 @@ class Wan22(VideoFamily):
     def expert(self, t: torch.Tensor | float) -> str:
         """The expert that denoises at timestep `t`: "high" from boundary * 1000 up, "low" below."""
         return "high" if float(t) >= self.boundary * NUM_TRAIN_TIMESTEPS else "low"
+
+    def sampling_settings(self) -> dict[str, float]:
+        return {"shift": self.shift, "boundary": self.boundary}
 
     def new_scheduler(self):
         from diffusers import FlowMatchEulerDiscreteScheduler
