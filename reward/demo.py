@@ -12,12 +12,11 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from .composite import CompositeReward, RewardTerm
-from .plot import line_chart
+from .plot import frame_grid, line_chart, save_png
+from .quiet import quiet_libraries
 from .registry import load_reward
 from .scoring import score_video
 from .tiny import write_reward_models
@@ -40,17 +39,6 @@ def generated_clip(frames: int = 16, height: int = 256, width: int = 448) -> tor
         frame = torch.where(ball, torch.tensor([0.9, 0.1, 0.1]).view(3, 1, 1) * light, frame)
         clip.append(frame)
     return torch.stack(clip).clamp(0, 1)
-
-
-def contact_sheet(frames: torch.Tensor, columns: int = 8) -> np.ndarray:
-    rows = -(-frames.shape[0] // columns)
-    small = torch.nn.functional.interpolate(frames, scale_factor=0.25, mode="area")
-    _, _, h, w = small.shape
-    sheet = torch.ones(3, rows * h, columns * w)
-    for i, frame in enumerate(small):
-        r, c = divmod(i, columns)
-        sheet[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = frame
-    return (sheet.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 def run(output: Path) -> dict[str, list[float]]:
@@ -80,8 +68,10 @@ def run(output: Path) -> dict[str, list[float]]:
     normalised = {"HPS v2.1": [(v - hps.spec.norm[0]) / hps.spec.norm[1] for v in series["HPS v2.1"]]}
     normalised["Aesthetic v2.5"] = [(v - aesthetic.spec.norm[0]) / aesthetic.spec.norm[1] for v in series["Aesthetic v2.5"]]
     normalised["mix"] = series["mix (normalised)"]
-    Image.fromarray(line_chart(normalised, title="per-frame scores (normalised)")).save(output / "scores.png")
-    Image.fromarray(contact_sheet(clip)).save(output / "clip.png")
+    save_png(line_chart(normalised, title="per-frame scores on one scale", y_label="(score − mean) / std"),
+             output / "scores.png")
+    pixels = (clip.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    save_png(frame_grid(pixels, [f"frame {i}" for i in range(len(pixels))], columns=4), output / "clip.png")
     print(f"plot: {output / 'scores.png'}  frames: {output / 'clip.png'}  ({time.perf_counter() - started:.1f} s)")
     return series
 
@@ -89,7 +79,9 @@ def run(output: Path) -> dict[str, list[float]]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("demo_output"), help="where models and plots are written")
-    run(parser.parse_args(argv).output)
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    run(args.output)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 
 
 def test_line_chart_draws_series():
-    image = line_chart({"a": [1.0, 2.0, 3.0], "b": [3.0, 2.0, float("nan")]}, title="t")
+    image = line_chart({"a": [1.0, 2.0, 3.0], "b": [3.0, 2.0, float("nan")]}, title="t", size=(640, 360))
     assert image.shape == (360, 640, 3) and image.dtype.name == "uint8"
     blue, orange = (image == (31, 119, 180)).all(-1).sum(), (image == (255, 127, 14)).all(-1).sum()
     assert blue > 100 and orange > 50

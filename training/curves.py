@@ -1,21 +1,46 @@
-"""The curves of a job as one image: training reward, loss, and held-out reward, one panel each."""
+"""The curves of a job as one image: the rewards (training batches and held-out prompts on one scale), the loss where
+it says more than the reward, and the gradient norm against its clipping threshold."""
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..reward.plot import line_chart
+from ..reward.plot import Panel, Series, draw_panels
 
 
-def training_curves(metrics: Sequence[dict[str, Any]], size: tuple[int, int] = (640, 240)) -> np.ndarray:
-    """`[H,W,3]` uint8 panels over the training steps: the batch reward, the loss, the held-out reward."""
+def curve_panels(metrics: Sequence[dict[str, Any]], loss: str = "negative", max_grad_norm: float | None = None) -> list[Panel]:
+    """The panels of `training_curves`, for a job trained with the loss form `loss` and clipping at `max_grad_norm`
+    (its settings as recorded; None: no threshold drawn).
+
+    With the `negative` loss (the default) the loss is `−reward·scale`, an exact mirror of the training reward, so it
+    gets no panel of its own; the reward panel says so. The `target` loss `|reward − target|·scale` is not a function
+    of the batch's mean reward, so it is drawn. The gradient norm (before clipping, with the threshold) is what the
+    loss adds: whether updates are clipped, vanish as the reward saturates, or spike before a divergence."""
     steps = [m for m in metrics if "loss" in m]
     held_out = [m for m in metrics if "val_reward" in m]
-    panels = [
-        ("training reward", steps, "reward"),
-        ("loss", steps, "loss"),
-        ("held-out reward (fixed prompts and seeds)", held_out, "val_reward"),
-    ]
-    return np.concatenate([line_chart({title: [m[key] for m in rows]}, title=title, x_label="step",
-                                      x_values=[m["step"] for m in rows], size=size) for title, rows, key in panels], axis=0)
+    x = [m["step"] for m in steps]
+    negative = loss == "negative"
+    waiting = "waiting for the first step"
+    panels = [Panel(
+        [Series("training reward", [m["reward"] for m in steps], x),
+         Series("held-out reward", [m["val_reward"] for m in held_out], [m["step"] for m in held_out], points=True)],
+        "reward" + (" (loss = −reward × scale)" if negative else ""), "step", "reward", empty_text=waiting)]
+    if not negative:
+        panels.append(Panel([Series("loss", [m["loss"] for m in steps], x)], "loss", "step",
+                            "|reward − target| × scale", empty_text=waiting))
+    norms = [m.get("grad_norm", float("nan")) for m in steps]
+    title, clip = "gradient norm (before clipping)", {}
+    if max_grad_norm is not None:
+        if max((n for n in norms if math.isfinite(n)), default=0.0) >= max_grad_norm / 2:
+            clip = {f"clipping threshold {max_grad_norm:g}": max_grad_norm}
+        else:  # a line far above the data would flatten it
+            title = f"gradient norm (below the clipping threshold {max_grad_norm:g})"
+    panels.append(Panel([Series("gradient norm", norms, x)], title, "step", "gradient norm", clip, empty_text=waiting))
+    return panels
+
+
+def training_curves(metrics: Sequence[dict[str, Any]], loss: str = "negative", max_grad_norm: float | None = None) -> np.ndarray:
+    """`[H,W,3]` uint8 panels over the training steps (see `curve_panels`)."""
+    return draw_panels(curve_panels(metrics, loss, max_grad_norm))

@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 
+from ..reward.plot import save_png
+from ..reward.quiet import quiet_libraries
 from ..reward.tiny import write_reward_models
-from .backprop import RewardBackprop
+from .backprop import RewardBackprop, held_out_generator
 from .config import TrainConfig
 from .curves import training_curves
 from .families.tiny import write_cogvideox_fun
@@ -43,7 +44,7 @@ def first_frames(config: TrainConfig, lora: Path | None) -> torch.Tensor:
     frames = []
     with torch.no_grad():
         for index, prompt in enumerate(HELD_OUT):
-            frames.append(trainer.decoded_frames([prompt], torch.Generator().manual_seed(config.seed * 7919 + index), [])[0, 0])
+            frames.append(trainer.decoded_frames([prompt], held_out_generator(config.seed, index), [])[0, 0])
     return torch.stack(frames)
 
 
@@ -70,9 +71,10 @@ def run(output: Path, steps: int) -> tuple[float, float]:
     print(f"\nheld-out reward ({len(HELD_OUT)} prompts, fixed seeds): before {before:.5f} -> after {after:.5f} ({after - before:+.5f})")
     spread = statistics.stdev(_trainer(dataclasses.replace(config, seed=seed)).evaluate(HELD_OUT) for seed in range(1, 5))
     print(f"seed-to-seed spread of the untrained model's held-out reward: {spread:.5f} (the gain is {(after - before) / spread:.0f}x that)")
-    Image.fromarray(training_curves(metrics)).save(output / "curves.png")
-    grid = torch.cat([first_frames(config, None), first_frames(config, job.latest_checkpoint())], dim=-2)
-    save_image(grid, output / "before_after.png")
+    save_png(training_curves(metrics, config.loss, config.max_grad_norm), output / "curves.png")
+    frames = torch.cat([first_frames(config, None), first_frames(config, job.latest_checkpoint())])
+    captions = [f"{when}: {prompt}" for when in ("before", "after") for prompt in HELD_OUT]
+    save_image(frames, output / "before_after.png", captions, columns=len(HELD_OUT))
     print(f"LoRA: {job.lora}\ncurves: {output / 'curves.png'}  first frames (top: before, bottom: after): "
           f"{output / 'before_after.png'}  ({time.perf_counter() - started:.0f} s)")
     return before, after
@@ -83,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=Path("demo_output"), help="where models, the job and images go")
     parser.add_argument("--steps", type=int, default=40, help="training steps")
     args = parser.parse_args(argv)
+    quiet_libraries()
     run(args.output, args.steps)
 
 
