@@ -12,6 +12,8 @@ except ModuleNotFoundError as missing:
 else:
     register_model_folders()
 
+WEB_DIRECTORY = "./web"  # the frontend extension that shows the nodes' text results on the nodes
+
 
 async def comfy_entrypoint():
     from .nodes.extension import VideoRewardExtension

@@ -4,23 +4,35 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
-from ..reward.files import resolve_inside
+from ..reward.files import ModelFileError, output_path, resolve_inside
 from ..reward.registry import REWARDS
+from ..reward.seeds import MAX_SEED
 from ..training.config import TrainConfig
 from ..training.curves import training_curves
-from ..training.jobs import ACTIVE, Job, create_job, find_job, job_exporting_to, start
+from ..training.jobs import ACTIVE, Job, find_job, job_exporting_to, open_job, start
 from ..training.steps import STRATEGIES
-from .folders import VIDEO_MODEL_FOLDERS, reward_model_roots, roots
+from .folders import VIDEO_MODEL_FOLDERS, model_entry, reward_model_roots, roots
 
 CATEGORY = "video reward/training"
 NONE = "none"
 FAMILIES = {"CogVideoX-Fun": "cogvideox", "EasyAnimate": "easyanimate", "Wan2.2": "wan2.2"}
 LORA_SUBFOLDER = "video_reward"
+PROMPT_FILE_TYPES = (".txt", ".jsonl")
+INPUT_FOLDER = "ComfyUI's input folder"
+FIRST_FAMILY = next(iter(FAMILIES))
+# Node inputs that are TrainConfig settings as they are (under the config's name where RENAMED says another).
+DIRECT = ("expert", "width", "height", "frames", "sampling_steps", "cfg", "strategy", "backprop_steps", "decoded_latents",
+          "learning_rate", "rank", "alpha", "train_steps", "checkpoint_every", "seed", "gradient_checkpointing")
+RENAMED = {"sampling_steps": "steps", "cfg": "guidance", "train_steps": "max_steps"}
+LINKED = "(linked from another node)"
+STARTED = {"new": "started", "resume": "resumed from its last checkpoint",
+           "replace": "started; it replaces a failed or cancelled job with other settings (kept in its folder)"}
 WAN_FILES = {"wan_high": ("diffusion_models", "high"), "wan_low": ("diffusion_models", "low"),
              "wan_vae": ("vae", "vae"), "wan_text_encoder": ("text_encoders", "text_encoder")}
 
@@ -49,9 +61,10 @@ def _files(folder: str) -> list[str]:
 def _prompt_files() -> list[str]:
     import folder_paths
 
-    root = Path(folder_paths.get_input_directory())
-    found = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix in (".txt", ".jsonl"))
-    return [NONE, *found]
+    root = folder_paths.get_input_directory()
+    files, _ = folder_paths.recursive_search(root)  # as ComfyUI lists them, links followed
+    found = folder_paths.filter_files_extensions(files, PROMPT_FILE_TYPES)
+    return [NONE, *(name for name in found if (Path(root) / name).exists())]  # no dangling links
 
 
 def _model_files(family: str, model_folder: str, wan: dict[str, str]) -> dict[str, str]:
@@ -67,45 +80,99 @@ def _model_files(family: str, model_folder: str, wan: dict[str, str]) -> dict[st
     prefix = f"{label}/"
     if not model_folder.startswith(prefix):
         raise ValueError(f"choose a {label} model folder (models/{VIDEO_MODEL_FOLDERS[label]}) for {label} training, not '{model_folder}'")
-    folder = resolve_inside(roots(VIDEO_MODEL_FOLDERS[label]), model_folder.removeprefix(prefix))
-    if folder is None:
-        raise FileNotFoundError(f"{model_folder} is not in models/{VIDEO_MODEL_FOLDERS[label]}")
-    return {"folder": str(folder)}
+    return {"folder": str(model_entry(VIDEO_MODEL_FOLDERS[label], model_folder.removeprefix(prefix)))}
 
 
 def _export_path(lora_name: str) -> Path:
-    """Where the finished LoRA named `lora_name` goes: models/loras/video_reward/<name>.safetensors."""
+    """Where the finished LoRA named `lora_name` goes: models/loras/video_reward/<name>.safetensors (a name with `..`
+    or an absolute name is refused)."""
     import folder_paths
 
-    name = Path(lora_name.strip()).name.removesuffix(".safetensors")
-    return Path(folder_paths.get_folder_paths("loras")[0]) / LORA_SUBFOLDER / f"{name}.safetensors"
+    folder = Path(folder_paths.get_folder_paths("loras")[0]) / LORA_SUBFOLDER
+    return output_path(folder, lora_name.strip(), ".safetensors", overwrite=True)
 
 
-def _same_job(config: TrainConfig, export_to: Path) -> Job | None:
-    """The job that trains the LoRA `export_to` (queueing the graph again finds it instead of starting another);
-    an error when that job was started with other settings."""
-    job = job_exporting_to(jobs_root(), export_to)
-    if job is not None and job.config() != config:
-        raise FileExistsError(f"a training job for loras/{LORA_SUBFOLDER}/{export_to.name} exists already ({job.id}) "
-                              "with other settings; choose another lora_name")
-    return job
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def train_config(inputs: dict[str, Any]) -> tuple[TrainConfig, Path]:
+    """The validated TrainConfig of Train Reward LoRA's inputs, and where the finished LoRA goes. An input that is
+    None is linked from another node (its value is known only when the graph runs): its setting keeps the default,
+    its file is not looked up, and a stand-in prompt (LINKED) holds the place of linked prompts. Nothing is written."""
+    import folder_paths
+
+    known = {name: value for name, value in inputs.items() if value is not None}
+    if known.get("family", FIRST_FAMILY) not in FAMILIES:
+        raise ValueError(f"family '{known['family']}' is not one of {', '.join(FAMILIES)}")
+    key = FAMILIES[known.get("family", FIRST_FAMILY)]
+    lines = [LINKED] if inputs.get("prompts") is None else _lines(inputs["prompts"])
+    prompt_path = LINKED if inputs.get("prompts_file") is None else ""
+    if known.get("prompts_file", NONE) != NONE:
+        found = resolve_inside([Path(folder_paths.get_input_directory())], known["prompts_file"], INPUT_FOLDER)
+        if found is None:
+            raise FileNotFoundError(f"prompts_file: {known['prompts_file']} is not in {INPUT_FOLDER}")
+        prompt_path = str(found)
+    if not lines and not prompt_path:
+        raise ValueError("prompts: write training prompts (one per line) or choose a prompts file")
+    models = {name: known.get(name, NONE) for name in ("model_folder", *WAN_FILES)}
+    if any(inputs.get(name, NONE) is None for name in models):
+        model = dict.fromkeys(("folder", *(role for _, role in WAN_FILES.values())), LINKED)  # looked up when it runs
+    else:
+        model = _model_files(key, models.pop("model_folder"), models)
+    reward = known.get("reward", "hps_v2.1")
+    chosen = [{"key": reward, "weight": known.get("reward_weight", 1.0)}]
+    if known.get("reward_2", NONE) != NONE:
+        chosen.append({"key": known["reward_2"], "weight": known.get("reward_2_weight", 1.0)})
+    settings = {RENAMED.get(name, name): known[name] for name in DIRECT if name in known}
+    if known.get("shift"):  # 0: the model's own shift
+        settings["shift"] = known["shift"]
+    config = TrainConfig.from_dict(dict(
+        family=key, model=model, rewards=chosen, reward_roots=[str(r) for r in reward_model_roots()], prompts=lines,
+        prompts_file=prompt_path, validation_prompts=_lines(known.get("validation_prompts", "")), **settings,
+    ))
+    lora_name = known.get("lora_name", "linked")  # any valid name: only the path's form is checked
+    export_to = _export_path(lora_name)
+    if not export_to.name.removesuffix(".safetensors"):
+        raise ValueError("lora_name: give the LoRA a file name")
+    return config, export_to
+
+
+_WATCHED: set[str] = set()  # jobs a _watch thread follows
+
+
+def _start_watch(job: Job, node_id: str | None) -> None:
+    """One _watch thread per running job (queueing the graph again while it runs starts none)."""
+    if job.id not in _WATCHED:
+        _WATCHED.add(job.id)
+        threading.Thread(target=_watch, args=(job, node_id), daemon=True, name=f"watch {job.id}").start()
 
 
 def _watch(job: Job, node_id: str | None) -> None:
-    """Push the job's progress to the browser (as text under the node) until it ends."""
+    """Push the job's `describe` text to the browser whenever it changes, until the job ends; the pack's frontend
+    extension (web/video_reward.js) shows it on the Training Status nodes that watch this job (`node` is the Train
+    Reward LoRA node that started it)."""
     from server import PromptServer
 
     last = None
-    while True:
-        status = job.status()
-        text = describe(job, status)
-        if text != last and node_id is not None:
-            PromptServer.instance.send_progress_text(text, node_id)
-            PromptServer.instance.send_sync("video_reward.training", {"job": job.id, **status})
-            last = text
-        if status.get("state") not in ACTIVE:
-            return
-        time.sleep(2.0)
+    try:
+        while True:
+            status = job.status()
+            text = describe(job, status)
+            if text != last:
+                PromptServer.instance.send_sync("video_reward.training", {**status, "job": job.id, "node": node_id, "text": text})
+                last = text
+            if status.get("state") not in ACTIVE:
+                return
+            time.sleep(2.0)
+    finally:
+        _WATCHED.discard(job.id)
+
+
+def _train_ui(job: Job, what: str) -> dict[str, list[str]]:
+    """What Train Reward LoRA shows: its job and where the job's progress shows (Training Status is the one place),
+    and the job id, by which the frontend extension tells this job's updates from those of the node's earlier jobs."""
+    return {"text": [f"training job {job.id} {what}\nits progress and results: Training Status"], "video_reward_job": [job.id]}
 
 
 def describe(job: Job, status: dict) -> str:
@@ -113,6 +180,8 @@ def describe(job: Job, status: dict) -> str:
     lines = [f"job {job.id}: {status.get('state')} ({status.get('reason', '')})"]
     if "max_steps" in status:
         lines.append(f"step {status.get('step', 0)}/{status['max_steps']}")
+    if "shift" in status:
+        lines.append(f"sampling shift {status['shift']:g}, experts switch at timestep {status['boundary'] * 1000:g}")
     metrics = job.metrics()
     steps = [m for m in metrics if "loss" in m]
     if steps:
@@ -157,6 +226,7 @@ class TrainRewardLoRA(io.ComfyNode):
                 io.Int.Input("frames", default=defaults.frames, min=1, max=1025, step=4, tooltip="Frames per sample, 4k+1 (49 CogVideoX-Fun/EasyAnimate, 81 Wan)."),
                 io.Int.Input("sampling_steps", default=defaults.steps, min=1, max=1000, tooltip="Denoising steps per training sample."),
                 io.Float.Input("cfg", default=defaults.guidance, min=1.0, max=30.0, step=0.1, tooltip="Guidance while sampling for training (seeds: 6)."),
+                io.Float.Input("shift", default=0.0, min=0.0, max=100.0, step=0.01, tooltip="Wan2.2 only (0 for the other families): the flow-matching shift of the training samples. 0 follows the experts loaded, at their official values: 12 for T2V A14B, 5 for I2V and Fun A14B InP (Wan2.2's and VideoX-Fun's configs; ComfyUI's Wan2.2 templates sample at 8). Set the shift you will sample at, so that the switch from the high- to the low-noise expert falls where it will then."),
                 io.Combo.Input("strategy", options=list(STRATEGIES), default=defaults.strategy, tooltip="Which denoising steps carry gradients: last, tail (last K), uniform, random, list, or cutoff (VADER: a random step to the end)."),
                 io.Int.Input("backprop_steps", default=defaults.backprop_steps, min=1, max=1000, tooltip="K for tail / uniform / random."),
                 io.Int.Input("decoded_latents", default=defaults.decoded_latents, min=1, max=64, tooltip="Latent frames decoded for the reward (1 = the first frame, as the seeds)."),
@@ -165,7 +235,7 @@ class TrainRewardLoRA(io.ComfyNode):
                 io.Float.Input("alpha", default=defaults.alpha, min=0.1, max=2048.0, step=1.0, tooltip="LoRA alpha (seeds: 64)."),
                 io.Int.Input("train_steps", default=defaults.max_steps, min=1, max=1_000_000, tooltip="Optimizer steps."),
                 io.Int.Input("checkpoint_every", default=defaults.checkpoint_every, min=1, max=1_000_000, tooltip="Steps between checkpoints (cancel also saves one)."),
-                io.Int.Input("seed", default=defaults.seed, min=0, max=2**31 - 1, control_after_generate=False, tooltip="Seed of the LoRA initialisation and of every step's noise and prompts."),
+                io.Int.Input("seed", default=defaults.seed, min=0, max=MAX_SEED, control_after_generate=False, tooltip="Seed of the LoRA initialisation and of every step's noise and prompts."),
                 io.Boolean.Input("gradient_checkpointing", default=defaults.gradient_checkpointing, tooltip="Recompute activations in backward (much less memory, ~30% slower)."),
                 io.String.Input("lora_name", default="my_reward_lora", tooltip="File name of the finished LoRA (models/loras/video_reward/<name>.safetensors)."),
             ],
@@ -184,53 +254,36 @@ class TrainRewardLoRA(io.ComfyNode):
         return time.time() if state in ("failed", "cancelled") else state
 
     @classmethod
-    def execute(cls, family: str, model_folder: str, wan_high: str, wan_low: str, wan_vae: str, wan_text_encoder: str,
-                expert: str, reward: str, reward_weight: float, reward_2: str, reward_2_weight: float, prompts: str,
-                prompts_file: str, validation_prompts: str, width: int, height: int, frames: int, sampling_steps: int,
-                cfg: float, strategy: str, backprop_steps: int, decoded_latents: int, learning_rate: float, rank: int,
-                alpha: float, train_steps: int, checkpoint_every: int, seed: int, gradient_checkpointing: bool,
-                lora_name: str) -> io.NodeOutput:
-        import comfy.model_management
-        import folder_paths
+    def validate_inputs(cls, **inputs) -> bool | str:
+        """Refuse a setting that cannot work when the graph is queued, before a job exists (ComfyUI passes None for
+        an input linked from another node: that one is checked when the node runs). ComfyUI skips its own range and
+        list checks for the inputs a validate_inputs takes, so the widgets' bounds are checked here as well."""
+        for spec in cls.define_schema().inputs:
+            value, low, high = inputs.get(spec.id), getattr(spec, "min", None), getattr(spec, "max", None)
+            if isinstance(value, (int, float)) and (low is not None and value < low or high is not None and value > high):
+                return f"{spec.id} must be between {low} and {high}, got {value}"
+        try:
+            train_config(inputs)
+        except (ValueError, FileNotFoundError, ModelFileError) as err:
+            return str(err)
+        return True
 
-        key = FAMILIES[family]
-        wan = {"wan_high": wan_high, "wan_low": wan_low, "wan_vae": wan_vae, "wan_text_encoder": wan_text_encoder}
-        lines = [line.strip() for line in prompts.splitlines() if line.strip()]
-        prompt_path = ""
-        if prompts_file != NONE:
-            found = resolve_inside([Path(folder_paths.get_input_directory())], prompts_file)
-            if found is None:
-                raise FileNotFoundError(f"{prompts_file} is not in ComfyUI's input folder")
-            prompt_path = str(found)
-        if not lines and not prompt_path:
-            raise ValueError("write training prompts (one per line) or choose a prompts file")
-        chosen = [{"key": reward, "weight": reward_weight}] + ([{"key": reward_2, "weight": reward_2_weight}] if reward_2 != NONE else [])
-        export_to = _export_path(lora_name)
-        name = export_to.name.removesuffix(".safetensors")
-        if not name:
-            raise ValueError("give the LoRA a file name")
-        config = TrainConfig.from_dict(dict(
-            family=key, model=_model_files(key, model_folder, wan), rewards=chosen,
-            reward_roots=[str(r) for r in reward_model_roots()], prompts=lines, prompts_file=prompt_path,
-            validation_prompts=[line.strip() for line in validation_prompts.splitlines() if line.strip()],
-            expert=expert, width=width, height=height, frames=frames, steps=sampling_steps, guidance=cfg,
-            strategy=strategy, backprop_steps=backprop_steps, decoded_latents=decoded_latents,
-            learning_rate=learning_rate, rank=rank, alpha=alpha, max_steps=train_steps,
-            checkpoint_every=checkpoint_every, seed=seed, gradient_checkpointing=gradient_checkpointing,
-        ))
-        job = _same_job(config, export_to)
-        state = job.status().get("state") if job is not None else None
-        if state in ACTIVE + ("finished",):
-            return io.NodeOutput(job.id, ui=ui.PreviewText(f"training job {job.id} is {state}"))
-        if job is None and export_to.exists():
-            raise FileExistsError(f"loras/{LORA_SUBFOLDER}/{name}.safetensors exists already; choose another lora_name")
+    @classmethod
+    def execute(cls, **inputs) -> io.NodeOutput:
+        import comfy.model_management
+
+        config, export_to = train_config(inputs)
+        job, action = open_job(jobs_root(), config, export_to, name=export_to.name.removesuffix(".safetensors"))
+        if action == "keep":
+            state = job.status().get("state")
+            if state in ACTIVE:
+                _start_watch(job, cls.hidden.unique_id)
+            return io.NodeOutput(job.id, ui=_train_ui(job, f"is {state}"))
         comfy.model_management.unload_all_models()
         comfy.model_management.soft_empty_cache()
-        if job is None:
-            job = create_job(jobs_root(), config, export_to=export_to, name=name)
         start(job)  # a new job, or a failed / cancelled one resumed from its last checkpoint
-        threading.Thread(target=_watch, args=(job, cls.hidden.unique_id), daemon=True, name=f"watch {job.id}").start()
-        return io.NodeOutput(job.id, ui=ui.PreviewText(f"started training job {job.id}"))
+        _start_watch(job, cls.hidden.unique_id)
+        return io.NodeOutput(job.id, ui=_train_ui(job, STARTED[action]))
 
 
 def _image(array: np.ndarray) -> torch.Tensor:
@@ -250,7 +303,8 @@ class TrainingStatus(io.ComfyNode):
             inputs=[io.String.Input("job_id", tooltip="From Train Reward LoRA (or a job folder name in output/video_reward_jobs).")],
             outputs=[
                 io.String.Output(display_name="status", tooltip="Progress text."),
-                io.Image.Output(display_name="curves", tooltip="Training reward and loss per step; held-out reward."),
+                io.Image.Output(display_name="curves", tooltip="Training and held-out reward per step and the gradient norm "
+                                "(the loss too where it is not just −reward × scale)."),
                 io.Image.Output(display_name="samples", tooltip="First frames of the latest training samples."),
                 io.String.Output(display_name="lora_name", tooltip="The finished LoRA in the loras list ('' until finished)."),
                 io.String.Output(display_name="state", tooltip="queued, running, finished, failed or cancelled."),
@@ -281,8 +335,9 @@ class TrainingStatus(io.ComfyNode):
             for root in folder_paths.get_folder_paths("loras"):
                 if path.is_relative_to(root):
                     lora_name = path.relative_to(root).as_posix()
-        return io.NodeOutput(text, _image(training_curves(job.metrics())), samples, lora_name, status.get("state", ""),
-                             ui=ui.PreviewText(text))
+        settings = job.settings()
+        curves = training_curves(job.metrics(), settings.get("loss", "negative"), settings.get("max_grad_norm"))
+        return io.NodeOutput(text, _image(curves), samples, lora_name, status.get("state", ""), ui=ui.PreviewText(text))
 
 
 class CancelTraining(io.ComfyNode):

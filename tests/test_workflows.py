@@ -4,10 +4,12 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 
 from workflow_check import (
-    API_WORKFLOWS, CONTROL, UPLOAD, WORKFLOWS, check_api, check_ui, load_schemas, model_files, ui_to_api, widget_slots,
+    API_WORKFLOWS, CONTROL, DOWNLOAD_SOURCES, NOT_EXPRESSIBLE, TITLE_CHARACTERS, UPLOAD, WORKFLOWS, check_api, check_ui,
+    download_entries, load_schemas, metadata_gaps, model_files, needed_models, template_card, ui_to_api, widget_slots,
 )
 
 SCHEMAS = load_schemas()
@@ -83,14 +85,16 @@ def test_seeds_settings(name):
         assert (train["rank"], train["alpha"], train["width"], train["height"], train["frames"], train["sampling_steps"]) == (
             32, 16.0, 224, 224, 49, 50)
         assert (train["strategy"], train["learning_rate"], train["cfg"], train["seed"], train["decoded_latents"]) == ("last", 1e-5, 6.0, 42, 1)
-        assert train["gradient_checkpointing"] is True and train["checkpoint_every"] == 100
+        assert train["gradient_checkpointing"] is True and train["checkpoint_every"] == 100 and train["shift"] == 0.0  # 0: Wan only
         assert len(train["prompts"].splitlines()) >= 5 and len(train["validation_prompts"].splitlines()) == 2
     trainers = {k for k, v in graph.items() if v["class_type"] == "TrainRewardLoRA"}
     for status_id, status in ((k, v["inputs"]) for k, v in graph.items() if v["class_type"] == "RewardTrainingStatus"):
         assert status["job_id"][0] in trainers
         shown = {tuple(node["inputs"].get("source") or node["inputs"]["images"]) for node in graph.values()
                  if node["class_type"] in ("PreviewAny", "PreviewImage")}
-        assert {(status_id, 0), (status_id, 1), (status_id, 2)} <= shown  # status text, curves, samples
+        # curves, samples and the trained LoRA's name; the status text shows (and stays current) on the node itself,
+        # so no second copy of it goes stale between queues
+        assert shown == {(status_id, 1), (status_id, 2), (status_id, 3)}
     assert bool(trainers) == bool(_nodes(graph, "RewardTrainingStatus"))
 
 
@@ -133,12 +137,12 @@ def _set_widget(name: str, value):
      "carries IMAGE (VAE from node"),
 ])
 def test_checker_catches_broken_ui_graphs(node_type, change, message):
-    errors = check_ui(_break(ui("wan2.2_a14b_t2v_reward_lora"), node_type, change), SCHEMAS)
+    errors = check_ui(_break(ui("Wan2.2 T2V, reward LoRAs"), node_type, change), SCHEMAS)
     assert any(message in error for error in errors), errors
 
 
 def test_checker_catches_broken_api_graphs():
-    graph = api("compare_base_vs_reward_lora")
+    graph = api("Base vs reward LoRA, scored")
     sampler = next(k for k, v in graph.items() if v["class_type"] == "VideoRewardSampler")
     score = next(k for k, v in graph.items() if v["class_type"] == "VideoRewardScore")
     broken = copy.deepcopy(graph)
@@ -157,9 +161,58 @@ def test_checker_catches_broken_api_graphs():
 
 
 def test_training_model_folder_is_a_family_folder():
-    graph = api("train_reward_lora_and_watch_status")
+    graph = api("Train a reward LoRA")
     assert model_files(graph, SCHEMAS) == {("CogVideoX_Fun", "CogVideoX-Fun-V1.1-2b-InP")}
     train = next(k for k, v in graph.items() if v["class_type"] == "TrainRewardLoRA")
     broken = copy.deepcopy(graph)
     broken[train]["inputs"]["model_folder"] = "CogVideoX_Fun/CogVideoX-Fun-V1.1-2b-InP"  # the folder, not the family
     assert any("is not '<family>/<folder>'" in e for e in check_api(broken, SCHEMAS))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_template_card_has_a_title_description_and_thumbnail(name):
+    from PIL import Image
+
+    card = template_card(WORKFLOWS / f"{name}.json")
+    assert TITLE_CHARACTERS.fullmatch(card["title"]) and "_" not in card["title"], card  # a title, not a file name
+    assert card["description"] == card["title"].replace("-", " ")
+    thumbnail = card["thumbnail"]
+    assert thumbnail.is_file() and 5_000 < thumbnail.stat().st_size < 60_000, thumbnail
+    with Image.open(thumbnail) as image:
+        assert (image.format, image.size) == ("JPEG", (512, 512))
+        assert len(np.unique(np.asarray(image.convert("L").resize((16, 16))))) > 16  # a picture, not a blank
+
+
+def test_every_workflow_has_a_thumbnail_card_in_the_script():
+    import runpy
+
+    cards = runpy.run_path(str(WORKFLOWS.parent / "scripts" / "workflow_thumbnails.py"))["CARDS"]
+    assert sorted(cards) == NAMES
+    assert sorted(p.stem for p in WORKFLOWS.glob("*.jpg")) == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_missing_models_dialog_knows_every_model(name):
+    graph = ui(name)
+    assert metadata_gaps(graph, SCHEMAS) == []
+    for entry in download_entries(graph):
+        assert entry["url"].startswith(DOWNLOAD_SOURCES) and entry["directory"] in {f for f, _ in needed_models(api(name), SCHEMAS)}
+    without = {k: v for k, v in graph.items() if k != "models"}
+    for node in without["nodes"]:
+        node.get("properties", {}).pop("models", None)
+    assert len(metadata_gaps(without, SCHEMAS)) == len(needed_models(api(name), SCHEMAS) - set(NOT_EXPRESSIBLE))
+
+
+def test_missing_models_check_counts_folders_and_auto_rewards():
+    graph = ui("Train a reward LoRA")
+    assert needed_models(api("Train a reward LoRA"), SCHEMAS) == {
+        ("CogVideoX_Fun", "CogVideoX-Fun-V1.1-2b-InP"), ("reward_models", "HPS_v2.1_compressed.pt"),
+        ("reward_models", "CLIP-ViT-H-14-laion2B-s32B-b79K")}
+    broken = copy.deepcopy(graph)
+    broken["models"] = [m for m in graph["models"] if m["directory"] != "CogVideoX_Fun"] + [
+        {"name": "CogVideoX-Fun-V1.1-5b-InP/vae/diffusion_pytorch_model.safetensors", "url": "https://huggingface.co/x", "directory": "CogVideoX_Fun"},
+        {"name": "HPS_v2.1_compressed.pt", "url": "http://example.com/hps.pt", "directory": "reward_models"}]
+    assert metadata_gaps(broken, SCHEMAS) == [
+        "download entry {'name': 'HPS_v2.1_compressed.pt', 'url': 'http://example.com/hps.pt', 'directory': 'reward_models'} "
+        "needs a name, an https url and a directory",
+        "models/CogVideoX_Fun/CogVideoX-Fun-V1.1-2b-InP has no download entry"]

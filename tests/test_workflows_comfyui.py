@@ -13,12 +13,14 @@ import shutil
 import struct
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
 from random_lora import linear_shapes, random_lora
 
-from comfyui_server import PACK_NAME, PACK_ROOT, comfyui_server
+from comfyui_server import PACK_NAME, PACK_ROOT, comfy_env, comfy_python, comfyui_server
 from workflow_check import API_WORKFLOWS, WORKFLOWS, load_schemas, model_files, set_widgets
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
@@ -148,7 +150,8 @@ def mp4_video(path: Path) -> tuple[int, int, int]:
 def expected_video(name: str, api: dict) -> tuple[int, int, int]:
     """(width, height, frames) of the saved video at the tiny sizes (the comparison stitches two with 16 px between)."""
     frames = 5 if any(node["class_type"] == "KSamplerAdvanced" for node in api.values()) else 9
-    return (32 * 2 + 16 if name.startswith("compare") else 32), 32, frames
+    stitched = any(node["class_type"] == "ImageStitch" for node in api.values())  # base | LoRA, 16 px between
+    return (32 * 2 + 16 if stitched else 32), 32, frames
 
 
 def _outputs(entry: dict, api: dict, class_type: str) -> list[dict]:
@@ -168,7 +171,7 @@ def _node_id(api: dict, class_type: str) -> str | None:
 def watch_training(server, graph: dict, entry: dict, job_id: str | None = None) -> None:
     """Queue a training graph again until its Training Status says the job ended, as a user refreshes it; the job
     must finish, with no second job for its LoRA, and its LoRA must be in the loras list under video_reward/."""
-    status_id, text_id = _node_id(graph, "RewardTrainingStatus"), _node_id(graph, "PreviewAny")
+    status_id, lora_id = _node_id(graph, "RewardTrainingStatus"), _node_id(graph, "PreviewAny")
     lora_name = graph[_node_id(graph, "TrainRewardLoRA")]["inputs"]["lora_name"]
     deadline = time.time() + 300
     while True:
@@ -176,13 +179,13 @@ def watch_training(server, graph: dict, entry: dict, job_id: str | None = None) 
         text = entry["outputs"][status_id]["text"][0]
         job_id = job_id or text.split(":")[0].removeprefix("job ")
         assert text.startswith(f"job {job_id}: "), text
-        if text.splitlines()[0].split()[2] not in ("queued", "running"):
+        if text.splitlines()[0].removeprefix(f"job {job_id}: ").split()[0] not in ("queued", "running"):
             break
         assert time.time() < deadline, text + server.log.read_text()[-3000:]
         time.sleep(1.0)
         entry = server.run(graph)
     assert text.startswith(f"job {job_id}: finished") and "step 3/3" in text and "held-out reward" in text, text
-    assert entry["outputs"][text_id]["text"][0] == text  # Preview as Text shows the status
+    assert entry["outputs"][lora_id]["text"][0] == f"video_reward/{lora_name}.safetensors"  # the Trained LoRA node
     jobs = server.dirs["output"] / "video_reward_jobs"
     assert [p.parent.name for p in jobs.glob("*/job.json")
             if json.loads(p.read_text())["export_to"].endswith(f"/{lora_name}.safetensors")] == [job_id]
@@ -200,8 +203,11 @@ def test_api_workflow_runs(server, models, name):
     entry = server.run(graph, timeout=600)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-3000:]
     if _node_id(api, "TrainRewardLoRA"):
-        started = re.fullmatch(r"started training job (\S+)", entry["outputs"][_node_id(api, "TrainRewardLoRA")]["text"][0])
+        started = re.fullmatch(r"training job (\S+) started\nits progress and results: Training Status",
+                               entry["outputs"][_node_id(api, "TrainRewardLoRA")]["text"][0])
         assert started, entry["outputs"]
+        # the job id, by which web/video_reward.js matches the live status updates to this node's latest job
+        assert entry["outputs"][_node_id(api, "TrainRewardLoRA")]["video_reward_job"] == [started.group(1)]
         watch_training(server, graph, entry, started.group(1))
         return
     saved = [server.dirs["output"] / item["subfolder"] / item["filename"]
@@ -212,7 +218,7 @@ def test_api_workflow_runs(server, models, name):
     scores = [out["text"][0] for out in _outputs(entry, api, "VideoRewardScore")]
     for text in scores:
         assert text.startswith("video score:") and text.count("frame ") == frames, text
-    if name.startswith("compare"):
+    if _node_id(api, "ImageStitch"):
         assert len(scores) == 2 and scores[0] != scores[1]
     for out in _outputs(entry, api, "VideoRewardRank"):
         ranking = out["text"][0].splitlines()
@@ -226,12 +232,43 @@ def test_committed_pack_schemas_are_live():
         "tests/data/pack_object_info.json is stale: run tests/comfyui_scripts/dump_pack_object_info.py")
 
 
-def test_ui_workflows_are_comfyui_templates(server):
+def _fetch(server, path: str) -> tuple[str, bytes]:
+    """(content type, body) of a GET, the path quoted as a browser quotes it."""
+    with urllib.request.urlopen(server.base + urllib.parse.quote(path), timeout=60) as response:
+        return response.headers.get_content_type(), response.read()
+
+
+def test_ui_workflows_are_comfyui_templates_with_thumbnails(server):
     listed = server.get("/workflow_templates")
     assert sorted(listed[PACK_NAME]) == NAMES
     for name in NAMES:
-        served = server.get(f"/api/workflow_templates/{PACK_NAME}/{name}.json")
-        assert served == json.loads((WORKFLOWS / f"{name}.json").read_text())
+        kind, served = _fetch(server, f"/api/workflow_templates/{PACK_NAME}/{name}.json")
+        assert json.loads(served) == json.loads((WORKFLOWS / f"{name}.json").read_text())
+        kind, thumbnail = _fetch(server, f"/api/workflow_templates/{PACK_NAME}/{name}.jpg")  # as frontend 1.35.9 asks
+        assert kind == "image/jpeg" and thumbnail == (WORKFLOWS / f"{name}.jpg").read_bytes()
+
+
+def test_training_progress_goes_to_training_status():
+    """The watcher sends each new state of the job once, as the `describe` text Training Status shows, with the job
+    and the Train Reward LoRA node (web/video_reward.js shows it on the Training Status nodes that watch that job);
+    nothing goes under Train Reward LoRA itself."""
+    run = subprocess.run([comfy_python(), str(SCRIPTS / "training_watch_events.py"), str(PACK_ROOT)],
+                         capture_output=True, text=True, env=comfy_env(), timeout=300)
+    line = next((l for l in run.stdout.splitlines() if l.startswith("RESULT ")), None)
+    assert line, run.stdout[-2000:] + run.stderr[-3000:]
+    report = json.loads(line.removeprefix("RESULT "))
+    assert [(m["call"], m["event"], m["data"]["job"], m["data"]["node"], m["data"]["state"]) for m in report["sent"]] == [
+        ("send_sync", "video_reward.training", "job-a", "7", state) for state in ("queued", "running", "finished")]
+    assert [m["data"]["text"] for m in report["sent"]] == [
+        "job job-a: queued (waiting for the GPU)", "job job-a: running (step 1/2)\nstep 1/2", "job job-a: finished (trained 2 steps)\nstep 2/2"]
+    assert report["watched_after"] == []
+
+
+def test_frontend_extension_is_served(server):
+    script = f"/extensions/{PACK_NAME}/video_reward.js"
+    assert script in server.get("/extensions")
+    kind, body = _fetch(server, script)
+    assert kind in ("application/javascript", "text/javascript") and body == (PACK_ROOT / "web" / "video_reward.js").read_bytes()
 
 
 def _comfy_cli() -> str | None:
@@ -261,7 +298,7 @@ def test_comfy_cli_converts_and_runs_ui_workflow(server, name, tmp_path):
         if node["class_type"] == "SaveVideo":
             changes[node_id] = {"filename_prefix": f"cli/{name}"}
         elif node["class_type"] == "TrainRewardLoRA":
-            changes[node_id]["lora_name"] = f"cli_{name}"
+            changes[node_id]["lora_name"] = "cli_" + re.sub(r"\W+", "_", name)
     tiny = tmp_path / f"{name}.json"
     tiny.write_text(json.dumps(set_widgets(ui, SCHEMAS, changes)))
     done = _comfy(server, "--workflow", str(tiny), "--wait", "--timeout", "600", "--json")

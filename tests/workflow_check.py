@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,21 @@ MODEL_EXTENSIONS = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pk
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 FAMILY = "<family>"  # a combo of "<family>/<folder>" names, the folder inside that family's models folder
 FAMILY_FOLDERS = {"CogVideoX-Fun": "CogVideoX_Fun", "EasyAnimate": "EasyAnimate"}  # as nodes/folders.py registers them
+# ComfyUI 0.8.0 lists a custom node's templates by file name only (GET /workflow_templates); frontend 1.35.9 shows the
+# name as the card's title, the name with - and _ read as spaces as its description, and `<name>.jpg` beside the .json
+# as its thumbnail (GET /api/workflow_templates/<pack>/<name>.jpg).
+THUMBNAIL = ".jpg"
+TITLE_CHARACTERS = re.compile(r"[A-Za-z0-9 .,()-]{8,30}")  # safe in the URLs the frontend builds; 30 fit a card's title line
+# Frontend 1.35.9's Missing Models dialog: each node's properties.models entries whose name one of its widgets holds, and
+# the workflow's top-level `models`, each {name, url, directory}; an entry is missing when `name` is not among the
+# weight files (model extensions only) that GET /experiment/models/<directory> lists, paths relative to the folder.
+# It offers a download only for URLs from these sources and names with these suffixes; other entries are still listed.
+DOWNLOAD_SOURCES = ("https://civitai.com/", "https://huggingface.co/", "http://localhost:")
+DOWNLOAD_SUFFIXES = (".safetensors", ".sft")
+NOT_EXPRESSIBLE = {  # (folder, name): why no entry can stand for it
+    ("reward_models", "CLIP-ViT-H-14-laion2B-s32B-b79K"): "a folder of tokenizer files only (.json/.txt), which the "
+    "dialog's file list never shows; naming the 3.9 GB weights file would demand a download nobody needs",
+}
 # Combos whose options are the files in a user's folder: (node type, input) -> (folder, extensions; None = any entry)
 MODEL_FILE_INPUTS: dict[tuple[str, str], tuple[str, set[str] | None]] = {
     ("UNETLoader", "unet_name"): ("diffusion_models", MODEL_EXTENSIONS),
@@ -337,6 +353,56 @@ def model_files(api: dict, schemas: dict[str, dict]) -> set[tuple[str, str]]:
                     folder = FAMILY_FOLDERS[family]
                 files.add((folder, value))
     return files
+
+
+def needed_models(api: dict, schemas: dict[str, dict]) -> set[tuple[str, str]]:
+    """(folder, name) of every model file or folder an API-format graph needs: those its widgets pick, and the
+    official files of the rewards it loads by their `auto` names or trains with."""
+    from video_reward_lora.reward.registry import REWARDS
+
+    needed = {(folder, name) for folder, name in model_files(api, schemas) if folder != "input"}
+    by_label = {spec.label: spec for spec in REWARDS.values()}
+    for node in api.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "VideoRewardModelLoader":  # a listed option (`auto`) stands for the official name
+            spec, choices = by_label[inputs["model"]], {s.name: s.choices or () for s in inputs_of(schemas[node["class_type"]])}
+            needed |= {("reward_models", official) for name, official in (("checkpoint", spec.checkpoint), ("encoder", spec.encoder))
+                       if inputs[name] in choices[name]}
+        elif node["class_type"] == "TrainRewardLoRA":
+            for key in (inputs["reward"], inputs.get("reward_2", "none")):
+                if key in REWARDS:
+                    needed |= {("reward_models", REWARDS[key].checkpoint), ("reward_models", REWARDS[key].encoder)}
+    return needed
+
+
+def download_entries(ui: dict) -> list[dict]:
+    """The entries frontend 1.35.9's Missing Models dialog checks: each node's properties.models whose name one of
+    its widgets holds, and the workflow's top-level `models`."""
+    entries = []
+    for node in ui.get("nodes", []):
+        values = {v for v in node.get("widgets_values") or [] if isinstance(v, str)}
+        entries += [m for m in node.get("properties", {}).get("models", []) if m.get("name") in values]
+    return entries + list(ui.get("models", []))
+
+
+def metadata_gaps(ui: dict, schemas: dict[str, dict]) -> list[str]:
+    """Model files and folders of a UI-format graph that the Missing Models dialog cannot warn about, and malformed
+    entries. A folder counts as covered by an entry for a weight file inside it."""
+    entries = download_entries(ui)
+    errors = [f"download entry {m} needs a name, an https url and a directory" for m in entries
+              if not (m.get("name") and str(m.get("url", "")).startswith("https://") and m.get("directory"))]
+    for folder, name in sorted(needed_models(ui_to_api(ui, schemas), schemas)):
+        if (folder, name) in NOT_EXPRESSIBLE:
+            continue
+        if not any(m.get("directory") == folder and (m.get("name") == name or str(m.get("name")).startswith(f"{name}/"))
+                   for m in entries):
+            errors.append(f"models/{folder}/{name} has no download entry")
+    return errors
+
+
+def template_card(path: Path) -> dict[str, Any]:
+    """The template browser's card for a shipped UI file, as frontend 1.35.9 builds it."""
+    return {"title": path.stem, "description": re.sub(r"[-_]", " ", path.stem).strip(), "thumbnail": path.with_suffix(THUMBNAIL)}
 
 
 def write_api_twins() -> list[Path]:
