@@ -1,4 +1,5 @@
-"""Finding reward-model files inside the model folders, and reading them without executing pickled code."""
+"""Files of the pack: finding model files by name inside ComfyUI's folders, reading them within bounds and without
+executing pickled code, and writing every file atomically."""
 from __future__ import annotations
 
 import json
