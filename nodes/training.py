@@ -15,7 +15,7 @@ from ..reward.registry import REWARDS
 from ..reward.seeds import MAX_SEED
 from ..training.config import TrainConfig
 from ..training.curves import training_curves
-from ..training.jobs import ACTIVE, Job, find_job, job_exporting_to, open_job, start
+from ..training.jobs.jobs import ACTIVE, Job, find_job, job_exporting_to, open_job, start
 from ..training.steps import STRATEGIES
 from .folders import VIDEO_MODEL_FOLDERS, model_entry, reward_model_roots, roots
 

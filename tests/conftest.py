@@ -63,7 +63,7 @@ def write_mps_pickle(path: Path, vocab_size: int, seed: int = 0) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def gpu_lock_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The tests' training jobs queue on a lock folder of their own, not behind real jobs on the machine."""
-    from video_reward_lora.training.gpu_lock import LOCK_DIR_ENV
+    from video_reward_lora.training.jobs.gpu_lock import LOCK_DIR_ENV
 
     with pytest.MonkeyPatch.context() as patch:
         folder = tmp_path_factory.mktemp("gpu_lock")

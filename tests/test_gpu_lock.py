@@ -1,4 +1,4 @@
-"""The machine-wide GPU lock (training.gpu_lock): first come, first served, with each waiting job's place in line;
+"""The machine-wide GPU lock (training.jobs.gpu_lock): first come, first served, with each waiting job's place in line;
 jobs from different jobs folders and launch paths (command line, node, accelerate launch) never train at once."""
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from video_reward_lora.reward.tiny import write_reward_models
-from video_reward_lora.training import gpu_lock, jobs
+from video_reward_lora.training.jobs import gpu_lock, jobs
 from video_reward_lora.training.config import TrainConfig
 from video_reward_lora.training.families.tiny import write_cogvideox_fun
-from video_reward_lora.training.jobs import Job, create_job
+from video_reward_lora.training.jobs.jobs import Job, create_job
 
 
 def _until(condition, timeout: float = 120.0, what: str = "") -> None:

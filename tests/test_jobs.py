@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 
 from video_reward_lora.reward.tiny import write_reward_models
-from video_reward_lora.training import jobs
-from video_reward_lora.training.backprop import RewardBackprop
+from video_reward_lora.training.jobs import jobs
+from video_reward_lora.training.methods.reward_backprop import RewardBackprop
 from video_reward_lora.training.config import TrainConfig
 from video_reward_lora.training.families.tiny import write_cogvideox_fun
-from video_reward_lora.training.jobs import Job, create_job, find_job, job_exporting_to, open_job, reuse
-from video_reward_lora.training.runner import run_job, save_image
+from video_reward_lora.training.jobs.jobs import Job, create_job, find_job, job_exporting_to, open_job, reuse
+from video_reward_lora.training.jobs.runner import run_job, save_image
 
 
 @pytest.fixture(scope="module")

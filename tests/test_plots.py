@@ -17,7 +17,7 @@ from video_reward_lora.reward.tiny import write_reward_models
 from video_reward_lora.training.config import TrainConfig
 from video_reward_lora.training.curves import curve_panels, training_curves
 from video_reward_lora.training.families.tiny import write_cogvideox_fun
-from video_reward_lora.training.runner import save_image
+from video_reward_lora.training.jobs.runner import save_image
 
 HPS_NORM = (0.27, 0.02)
 

@@ -20,16 +20,17 @@ import pytest
 import torch
 
 from video_reward_lora.reward.tiny import write_reward_models
-from video_reward_lora.training import gpu_lock, jobs, zero
-from video_reward_lora.training.backprop import RewardBackprop
+from video_reward_lora.training.distributed import zero
+from video_reward_lora.training.jobs import gpu_lock, jobs
+from video_reward_lora.training.methods.reward_backprop import RewardBackprop
 from video_reward_lora.training.build import load_family
 from video_reward_lora.training.config import TrainConfig, read_prompts
 from video_reward_lora.training.families.tiny import write_cogvideox_fun, write_easyanimate
 from video_reward_lora.training.families.tiny_wan import write_wan22
-from video_reward_lora.training.jobs import Job, create_job
+from video_reward_lora.training.jobs.jobs import Job, create_job
 from video_reward_lora.training.lora.adapters import attached
 from video_reward_lora.training.lora.formats import read_lora
-from video_reward_lora.training.runner import run_job
+from video_reward_lora.training.jobs.runner import run_job
 from video_reward_lora.training.sampler import sample
 from video_reward_lora.training.steps import grad_steps
 

@@ -22,7 +22,7 @@ from typing import Iterator, TextIO
 from .config import TrainConfig
 from ..reward.files import write_json_atomic, write_text_atomic
 from ..reward.quiet import quiet_libraries
-from .jobs import RESUMABLE_CHANGES, Job, create_job, reuse, start
+from .jobs.jobs import RESUMABLE_CHANGES, Job, create_job, reuse, start
 
 
 def prepare(output: Path, config: TrainConfig) -> Job:
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("run", "run-job"):
         quiet_libraries()
 
-    from .runner import run_job
+    from .jobs.runner import run_job
 
     config = None
     if getattr(args, "config", None) is not None:

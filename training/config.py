@@ -88,7 +88,7 @@ class TrainConfig:
     seed: int = 42
     precision: str = "auto"
     device: str = "auto"
-    fsdp: bool = False  # shard the transformers across the processes of `accelerate launch` (see training.sharding)
+    fsdp: bool = False  # shard the transformers across the processes of `accelerate launch` (see training.distributed.sharding)
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the first setting that cannot work (and what it allows); nothing is loaded."""

@@ -20,12 +20,12 @@ import torch
 from ..reward.plot import save_png
 from ..reward.quiet import quiet_libraries
 from ..reward.tiny import write_reward_models
-from .backprop import RewardBackprop, held_out_generator
+from .methods.reward_backprop import RewardBackprop, held_out_generator
 from .config import TrainConfig
 from .curves import training_curves
 from .families.tiny import write_cogvideox_fun
-from .jobs import create_job
-from .runner import run_job, save_image
+from .jobs.jobs import create_job
+from .jobs.runner import run_job, save_image
 
 PROMPTS = ["a red ball rolling across a sunny field", "a cat on a blue sofa", "a dog running on the beach at dusk",
            "a field of flowers in the wind", "a city street at night in the rain", "a sailing boat on a calm lake"]

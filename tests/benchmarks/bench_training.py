@@ -50,8 +50,8 @@ def seeds_sample(family, prompts, frames, height, width, steps, guidance, genera
 
 def measure(family_name: str, loop: str, steps: int, repeats: int, full: bool) -> dict[str, float]:
     from video_reward_lora.reward.tiny import write_reward_models
-    from video_reward_lora.training import backprop
-    from video_reward_lora.training.backprop import RewardBackprop
+    from video_reward_lora.training.methods import reward_backprop as backprop
+    from video_reward_lora.training.methods.reward_backprop import RewardBackprop
     from video_reward_lora.training.build import load_family, load_objective
     from video_reward_lora.training.config import TrainConfig
     from video_reward_lora.training.families.tiny import write_cogvideox_fun, write_easyanimate

@@ -170,7 +170,7 @@ def add_trainable(model: nn.Module, family: str, rank: int, alpha: float, target
 
 def export(model: nn.Module, family: str, adapter: str = "reward_train", dtype: torch.dtype | None = None) -> Lora:
     """The adapter as a `Lora` keyed by the family's original names, ready to write in the published format."""
-    from ..sharding import full
+    from ..distributed.sharding import full
     from .formats import LoraModule
     from .keymap import from_diffusers
 

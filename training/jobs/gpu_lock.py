@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..reward.files import write_json_atomic
+from ...reward.files import write_json_atomic
 
 LOCK_DIR_ENV = "VIDEO_REWARD_LORA_LOCK_DIR"
 LOCK_NAME = "gpu.lock"

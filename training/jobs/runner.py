@@ -14,14 +14,16 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..reward.files import atomic_path, write_text_atomic
-from ..reward.plot import frame_grid, save_png
-from .backprop import RewardBackprop, TrainingDiverged
-from .build import load_family, load_objective, resolve_device, resolve_dtype
-from .config import TrainConfig, read_prompts
+from ...reward.files import atomic_path, write_text_atomic
+from ...reward.plot import frame_grid, save_png
+from ..build import resolve_device, resolve_dtype
+from ..config import TrainConfig
+from ..distributed import zero
+from ..distributed.sharding import full, held_fraction
+from ..engine.engine import Engine, TrainingDiverged
+from ..methods.reward_backprop import RewardBackprop
 from .jobs import Job, export_lora
-from . import gpu_lock, zero
-from .sharding import full, held_fraction, wants_fsdp
+from . import gpu_lock
 
 KEEP_CHECKPOINTS = 3
 OUT_OF_MEMORY_HINT = ("lower the size, frames or rank, keep gradient checkpointing on, decode fewer latents, or train "
@@ -120,19 +122,11 @@ def _train(job: Job, config: TrainConfig, accelerator) -> str:
     dtype = resolve_dtype(config.precision, device)
     if main:
         job.set_status("running", "loading the models", step=job.latest_checkpoint_step(), max_steps=config.max_steps)
-    prompts = config.prompts or read_prompts(Path(config.prompts_file))  # a missing file fails before any model loads
-    objective = load_objective(config, dtype, device)
-    family = load_family(config, dtype, device, sharded=wants_fsdp(config.fsdp, accelerator))
-    # the training prompts are encoded apart from the validation ones, so changing those leaves training exact
-    family.encode(list(dict.fromkeys([*prompts, config.negative_prompt])))
-    if config.validation_prompts:
-        family.encode(config.validation_prompts)
-    family.release_text_encoders()
-    trainer = RewardBackprop(config, family, objective, accelerator)
-    if main and family.sampling_settings():  # Wan2.2's shift and boundary, for the status text
-        job.set_status("running", "models loaded", **family.sampling_settings())
-    if main and (trainer.sharded or trainer.engine is not None):
-        scheme = "FSDP" if trainer.sharded else f"DeepSpeed ZeRO-{trainer.engine.zero_optimization_stage()}"
+    trainer = RewardBackprop.for_job(config, dtype, device, accelerator)
+    if main and trainer.family.sampling_settings():  # Wan2.2's shift and boundary, for the status text
+        job.set_status("running", "models loaded", **trainer.family.sampling_settings())
+    if main and (trainer.sharded or trainer.deepspeed is not None):
+        scheme = "FSDP" if trainer.sharded else f"DeepSpeed ZeRO-{trainer.deepspeed.zero_optimization_stage()}"
         print(f"{scheme} over {accelerator.num_processes} processes: this one holds {held_fraction(trainer.transformer):.1%} "
               f"of the {trainer.expert} transformer's weights", flush=True)
     latest = job.latest_checkpoint()
@@ -180,14 +174,14 @@ def _train(job: Job, config: TrainConfig, accelerator) -> str:
     return "finished"
 
 
-def _rank_checksums(trainer: RewardBackprop, accelerator) -> list[float]:
+def _rank_checksums(trainer: Engine, accelerator) -> list[float]:
     """A checksum of the LoRA on every process: equal values show the data-parallel updates stayed in sync."""
     with trainer.whole_params():
         total = torch.stack([full(p.detach()).double().sum() for p in trainer.params.values()]).sum().reshape(1)
     return accelerator.gather(total.to(accelerator.device)).tolist()
 
 
-def _checkpoint(job: Job, trainer: RewardBackprop) -> None:
+def _checkpoint(job: Job, trainer: Engine) -> None:
     """Called by every process (sharded state is gathered); the main one writes and prunes."""
     trainer.save(job.checkpoints / f"step-{trainer.step:06d}")
     for old in job.checkpoint_dirs()[:-KEEP_CHECKPOINTS] if trainer.main else ():

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..reward.files import atomic_folder, atomic_path, write_json_atomic, write_text_atomic
-from .config import TrainConfig
+from ...reward.files import atomic_folder, atomic_path, write_json_atomic, write_text_atomic
+from ..config import TrainConfig
 
 STATES = ("queued", "running", "finished", "failed", "cancelled")
 ACTIVE = ("queued", "running")
@@ -27,7 +27,7 @@ ACTIVE = ("queued", "running")
 # settings differ only in these resumes from its checkpoints; any other change starts a new job.
 RESUMABLE_CHANGES = ("max_steps", "checkpoint_every", "validation_prompts", "validation_every", "sample_every")
 PACKAGE = "video_reward_lora"
-PACK_ROOT = Path(__file__).resolve().parents[1]
+PACK_ROOT = Path(__file__).resolve().parents[2]
 # Imports the pack (whatever its folder is called under custom_nodes) as `video_reward_lora` without running its
 # ComfyUI entry point, then runs the CLI: the job process never imports ComfyUI.
 BOOTSTRAP = (

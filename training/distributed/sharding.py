@@ -19,7 +19,7 @@ def wants_fsdp(fsdp: bool, accelerator: Any) -> bool:
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        return False  # DeepSpeed partitions instead (training.zero), and refuses fsdp: true
+        return False  # DeepSpeed partitions instead (distributed.zero), and refuses fsdp: true
     return fsdp or accelerator.distributed_type == DistributedType.FSDP
 
 

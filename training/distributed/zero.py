@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import torch
 
-from .checkpoint import State, pack_state, read_state
+from ..engine.checkpoint import State, pack_state, read_state
 
 ADAM_STATES = ("exp_avg", "exp_avg_sq")
 

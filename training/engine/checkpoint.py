@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from ..reward.files import read_safetensors, write_safetensors_atomic
-from .sharding import full, like
+from ...reward.files import read_safetensors, write_safetensors_atomic
+from ..distributed.sharding import full, like
 
 STATE_FILE = "trainer.safetensors"
 

@@ -1,0 +1,112 @@
+"""Reward backpropagation: sample with gradients kept on chosen steps, decode the first latents, score the frames,
+and step a LoRA on the transformer (the seeds' method; VADER's cut-off and DRTune as options), as a method of the
+training engine (`engine.engine`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...reward.composite import reward_loss, select_frames
+from ...reward.seeds import derive_seed, seeded_generator
+from ..build import RewardObjective, load_family, load_objective
+from ..config import TrainConfig, read_prompts
+from ..distributed.sharding import wants_fsdp
+from ..engine.engine import Engine, MicroBatch
+from ..families.base import VideoFamily
+from ..sampler import sample
+from ..steps import grad_steps
+
+# The first keys under the config's seed of this method's kinds of random draw (0 is the engine's micro-batch draws:
+# a micro-batch's prompts, noise and steps with gradients):
+STEP_FRAMES = 1  # (STEP_FRAMES, step, micro-batch, process): the frames a micro-batch scores
+HELD_OUT_DRAWS = 2  # (HELD_OUT_DRAWS, index): the noise of held-out prompt `index`, the same at every evaluation
+HELD_OUT_FRAMES = 3  # (HELD_OUT_FRAMES, index): the frames scored for it
+
+
+def held_out_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of held-out prompt `index`'s noise (the same at every evaluation)."""
+    return seeded_generator(seed, HELD_OUT_DRAWS, index)
+
+
+class RewardBackprop(Engine):
+    """A LoRA on one transformer of `family`, optimised to raise `objective` on the config's prompts."""
+
+    def __init__(self, config: TrainConfig, family: VideoFamily, objective: RewardObjective, accelerator: Any = None) -> None:
+        self.objective = objective
+        self.prompts = config.prompts or read_prompts(Path(config.prompts_file))
+        if config.vae_gradient_checkpointing:
+            family.vae.enable_gradient_checkpointing()
+        super().__init__(config, family, accelerator)
+        if self.main and family.sampling_settings():
+            print(self.sampling_note(), flush=True)
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, dtype: torch.dtype, device: torch.device) -> "RewardBackprop":
+        """A trainer on the config's model and reward, loaded from their files."""
+        return cls(config, load_family(config, dtype, device), load_objective(config, dtype, device))
+
+    @classmethod
+    def for_job(cls, config: TrainConfig, dtype: torch.dtype, device: torch.device, accelerator: Any) -> "RewardBackprop":
+        """A trainer for a job process: the prompts' embeddings computed once and the text encoders freed."""
+        prompts = config.prompts or read_prompts(Path(config.prompts_file))  # a missing file fails before any model loads
+        objective = load_objective(config, dtype, device)
+        family = load_family(config, dtype, device, sharded=wants_fsdp(config.fsdp, accelerator))
+        # the training prompts are encoded apart from the validation ones, so changing those leaves training exact
+        family.encode(list(dict.fromkeys([*prompts, config.negative_prompt])))
+        if config.validation_prompts:
+            family.encode(config.validation_prompts)
+        family.release_text_encoders()
+        return cls(config, family, objective, accelerator)
+
+    def chosen_steps(self, generator: torch.Generator) -> list[int]:
+        """Sampler step indices that keep gradients, drawn among the steps the trained transformer runs (for Wan2.2,
+        the trained expert's steps, as VideoX-Fun counts them)."""
+        c = self.config
+        scheduler = self.family.schedule(c.steps)
+        mine = [i for i, t in enumerate(scheduler.timesteps) if self.family.expert(t) == self.expert]
+        if not mine:
+            raise ValueError(f"with {c.steps} steps the {self.expert} transformer runs no step; use more steps")
+        chosen = grad_steps(c.strategy, len(mine), c.backprop_steps, generator, c.random_start, c.random_end, c.step_list)
+        return [mine[i] for i in chosen]
+
+    def sampling_note(self) -> str:
+        """The schedule's model-dependent settings (Wan2.2: shift and boundary) and the steps each transformer runs."""
+        names = [self.family.expert(t) for t in self.family.schedule(self.config.steps).timesteps]
+        runs = [f"steps {names.index(name)}-{len(names) - 1 - names[::-1].index(name)} on the {name} transformer"
+                for name in self.family.transformers if name in names]
+        settings = ", ".join(f"{key} {value:g}" for key, value in self.family.sampling_settings().items())
+        return f"{self.family.name} sampling: {settings}; of {len(names)} steps, {', '.join(runs)}"
+
+    def decoded_frames(self, prompts: list[str], generator: torch.Generator, chosen: list[int]) -> torch.Tensor:
+        c = self.config
+        latents = sample(self.family, prompts, c.negative_prompt, c.frames, c.height, c.width, c.steps, c.guidance,
+                         generator, grad_steps=chosen, stop_input_gradient=c.stop_input_gradient)
+        return self.family.decode(latents, first_n=c.decoded_latents)
+
+    def _rewards(self, frames: torch.Tensor, prompts: list[str], seed: int) -> torch.Tensor:
+        indices = select_frames(frames.shape[1], self.config.frame_mode, self.config.frame_count, seed)
+        return torch.stack([self.objective.reward(frames[b, indices], prompts[b]).mean() for b in range(len(prompts))])
+
+    def loss(self, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Sample `batch_size` drawn prompts with gradients on the chosen steps, decode, score; the loss of the reward."""
+        generator = batch.generator
+        prompts = [self.prompts[i] for i in torch.randint(len(self.prompts), (self.config.batch_size,), generator=generator)]
+        chosen = self.chosen_steps(generator)
+        frames = self.decoded_frames(prompts, generator, chosen)
+        reward = self._rewards(frames, prompts, seed=batch.derived_seed(STEP_FRAMES))
+        self.last_frames = frames.detach()[:, 0].float().cpu()
+        loss = reward_loss(reward, self.objective.form, self.objective.target, self.objective.scale)
+        return loss, {"reward": reward.detach().float().mean(), "grad_steps": chosen}
+
+    @torch.no_grad()
+    def evaluate(self, prompts: list[str]) -> float:
+        """Mean reward on `prompts`, each sampled with a fixed seed (the same noise at every evaluation)."""
+        c = self.config
+        scores = []
+        for index, prompt in enumerate(prompts):
+            with self.autocast:
+                frames = self.decoded_frames([prompt], held_out_generator(c.seed, index), [])
+                scores.append(float(self._rewards(frames, [prompt], seed=derive_seed(c.seed, HELD_OUT_FRAMES, index))[0]))
+        return sum(scores) / len(scores)
