@@ -239,20 +239,28 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
 
 @contextmanager
 def atomic_folder(path: Path) -> Iterator[Path]:
-    """A temporary folder beside `path` for the block to fill; it replaces `path` (an existing folder is removed
-    first) when the block ends without error, and is removed when it fails."""
+    """A temporary folder beside `path` for the block to fill; it replaces `path` when the block ends without error
+    (an existing folder is renamed aside first and removed only once the new one is in place) and is removed when it
+    fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield staging
         os.chmod(staging, 0o777 & ~_umask())
+        aside = staging.with_suffix(".old")
         if path.exists():
-            shutil.rmtree(path)
-        os.replace(staging, path)
+            os.replace(path, aside)
+        try:
+            os.replace(staging, path)
+        except BaseException:
+            if aside.exists():  # the old folder back where it was
+                os.replace(aside, path)
+            raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -185,3 +185,13 @@ def test_unknown_output_format(tmp_path):
     with pytest.raises(ValueError, match="unknown LoRA format"):
         write_lora(make_lora(WAN, NAMES[WAN]), tmp_path / "x.safetensors", "kohya")
     assert FORMATS == ("videox", "comfyui", "diffusers")
+
+
+def test_non_numeric_alpha_in_diffusers_metadata_is_refused(tmp_path):
+    """A header alpha that is no number is a LoraFormatError naming the file (it was a bare ValueError)."""
+    path = write_lora(make_lora(WAN, NAMES[WAN][:1]), tmp_path / "text_alpha.safetensors", "diffusers")
+    tensors, metadata = load_file(path), json.loads(read_metadata(path)[METADATA_KEY])
+    metadata["transformer.lora_alpha"] = "sixty-four"
+    save_file(tensors, path, metadata={METADATA_KEY: json.dumps(metadata)})
+    with pytest.raises(LoraFormatError, match=r"text_alpha\.safetensors: .*numeric alphas"):
+        read_lora(path)

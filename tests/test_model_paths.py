@@ -114,3 +114,30 @@ def test_output_names_are_judged_by_name(tmp_path):
                           (str(tmp_path / "abs"), "must be a name relative to"), ("  ", "must be a name relative to")):
         with pytest.raises(ModelFileError, match=message):
             output_path(output, name, ".safetensors")
+
+
+def test_replacing_a_folder_keeps_the_old_one_until_the_new_one_is_in_place(tmp_path, monkeypatch):
+    """atomic_folder over an existing folder: a failed final rename puts the old folder back, whole."""
+    import os
+
+    from video_reward_lora.reward.files import atomic_folder
+
+    target = tmp_path / "step-000003"
+    with atomic_folder(target) as staging:
+        (staging / "lora.safetensors").write_text("old")
+    real_replace = os.replace
+
+    def failing(source, destination):
+        if Path(destination) == target and ".tmp" in Path(source).name:
+            raise OSError(28, "No space left on device")
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError), atomic_folder(target) as staging:
+        (staging / "lora.safetensors").write_text("new")
+    assert (target / "lora.safetensors").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000003"]
+    monkeypatch.setattr(os, "replace", real_replace)
+    with atomic_folder(target) as staging:
+        (staging / "lora.safetensors").write_text("new")
+    assert (target / "lora.safetensors").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["step-000003"]

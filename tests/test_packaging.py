@@ -49,3 +49,4 @@ def test_comfy_node_validate_and_pack(tmp_path):
 
     names = zipfile.ZipFile(tmp_path / "pack" / "node.zip").namelist()
     assert "__init__.py" in names and "nodes/training.py" in names and any(n.startswith("workflows/api/") for n in names)
+    assert "web/video_reward.js" in names and any(n.startswith("workflows/") and n.endswith(".jpg") for n in names)

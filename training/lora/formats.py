@@ -96,16 +96,18 @@ def _strip_prefix(stems: list[str]) -> tuple[str, list[str], bool]:
     return "diffusers", stems, False
 
 
-def _metadata_alphas(metadata: Mapping[str, str]) -> tuple[float | None, dict[str, float]]:
+def _metadata_alphas(metadata: Mapping[str, str], name: str) -> tuple[float | None, dict[str, float]]:
+    """The default alpha and the per-module alphas a diffusers/peft header gives, as numbers."""
     raw = metadata.get(METADATA_KEY)
     if not raw:
         return None, {}
     try:
         config = {k.removeprefix(PREFIX): v for k, v in json.loads(raw).items()}
-    except json.JSONDecodeError as err:
-        raise LoraFormatError(f"the {METADATA_KEY} header entry is not valid JSON: {err}") from err
-    alpha = config.get("lora_alpha")
-    return (float(alpha) if alpha is not None else None), {k: float(v) for k, v in (config.get("alpha_pattern") or {}).items()}
+        alpha = config.get("lora_alpha")
+        pattern = {k: float(v) for k, v in (config.get("alpha_pattern") or {}).items()}
+        return (float(alpha) if alpha is not None else None), pattern
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as err:
+        raise LoraFormatError(f"{name}: the {METADATA_KEY} header entry does not give numeric alphas ({err})") from err
 
 
 def parse_lora(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str], name: str) -> Lora:
@@ -130,7 +132,7 @@ def parse_lora(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str], n
         family, originals = detect_family(stems, flat=flat)
     except LoraKeyError as err:
         raise LoraFormatError(f"{name}: {err}") from err
-    default_alpha, alpha_pattern = _metadata_alphas(metadata)
+    default_alpha, alpha_pattern = _metadata_alphas(metadata, name)
     modules: dict[str, LoraModule] = {}
     for key, stem in zip(parts, stems):
         tensors = parts[key]
