@@ -14,7 +14,7 @@ from ..reward.files import ModelFileError, output_path, resolve_inside
 from ..reward.registry import REWARDS
 from ..reward.seeds import MAX_SEED
 from ..training.config import TrainConfig
-from ..training.curves import training_curves
+from ..training.curves import headline, training_curves
 from ..training.jobs.jobs import ACTIVE, Job, find_job, job_exporting_to, open_job, start
 from ..training.steps import STRATEGIES
 from .folders import VIDEO_MODEL_FOLDERS, model_entry, reward_model_roots, roots
@@ -183,14 +183,15 @@ def describe(job: Job, status: dict) -> str:
     if "shift" in status:
         lines.append(f"sampling shift {status['shift']:g}, experts switch at timestep {status['boundary'] * 1000:g}")
     metrics = job.metrics()
+    key, held, label = headline(metrics)
     steps = [m for m in metrics if "loss" in m]
     if steps:
         last = steps[-1]
-        lines.append(f"loss {last['loss']:.5g}, reward {last['reward']:.5g}, grad norm {last['grad_norm']:.3g}, "
+        lines.append(f"loss {last['loss']:.5g}, {label} {last[key]:.5g}, grad norm {last['grad_norm']:.3g}, "
                      f"{last['time']:.2f} s/step, peak memory {last['memory_mib']:.0f} MiB")
-    held_out = [m["val_reward"] for m in metrics if "val_reward" in m]
+    held_out = [m[held] for m in metrics if held in m]
     if held_out:
-        lines.append(f"held-out reward: {held_out[0]:.5g} at the start, {held_out[-1]:.5g} now")
+        lines.append(f"held-out {label}: {held_out[0]:.5g} at the start, {held_out[-1]:.5g} now")
     return "\n".join(lines)
 
 

@@ -155,3 +155,14 @@ def test_the_cli_shows_our_progress_and_results_without_library_noise(tmp_path):
         assert noise not in shown
     assert "training run" in shown and "1/1" in shown and "reward=" in shown  # our progress bar, with the step's numbers
     assert (tmp_path / "run" / "lora.safetensors").is_file()
+
+
+def test_dpo_curves_show_implicit_accuracy_and_the_loss():
+    """A DPO job's metrics (no reward) draw its implicit accuracy, training and held out, and its loss."""
+    rows = [{"step": 0, "val_implicit_accuracy": 0.0}]
+    rows += [{"step": s, "loss": 0.69 - 0.05 * s, "implicit_accuracy": min(1.0, 0.2 * s), "grad_norm": 0.1} for s in range(1, 9)]
+    rows[-1]["val_implicit_accuracy"] = 1.0
+    first, loss_panel, _ = curve_panels(rows, "negative", 0.3)
+    assert [series.label for series in first.series] == ["training implicit accuracy", "held-out implicit accuracy"]
+    assert first.series[1].y == [0.0, 1.0] and loss_panel.series[0].y == [r["loss"] for r in rows[1:]]
+    assert training_curves(rows, "negative", 0.3).shape[2] == 3

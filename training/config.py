@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..reward.composite import FRAME_MODES, LOSS_FORMS
 from ..reward.registry import REWARDS
@@ -19,11 +19,15 @@ from ..reward.seeds import check_seed
 from .families import family_class
 from .steps import STRATEGIES
 
+if TYPE_CHECKING:
+    from .preference.dataset import PreferenceDataset
+
 FAMILIES = ("cogvideox", "easyanimate", "wan2.2")
 WAN_FILES = ("high", "low", "vae", "text_encoder")
 EXPERTS = ("low", "high")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 OPTIMIZERS = ("adamw", "adamw8bit")
+METHODS = ("reward_backprop", "dpo")
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 KINDS = {"int": "a whole number", "float": "a finite number", "bool": "true or false", "str": "text",
          "list[str]": "a list of texts", "list[int]": "a list of whole numbers"}
@@ -89,6 +93,11 @@ class TrainConfig:
     precision: str = "auto"
     device: str = "auto"
     fsdp: bool = False  # shard the transformers across the processes of `accelerate launch` (see training.distributed.sharding)
+    method: str = "reward_backprop"  # "reward_backprop" or "dpo" (Diffusion-DPO on a preference dataset)
+    dataset: str = ""  # the preference dataset folder (dpo)
+    beta: float = 5000.0  # the DPO β (VideoDPO's default)
+    dpo_alpha: float | None = None  # the pairs' re-weighting exponent α; None: the dataset's own
+    validation_pairs: int = 0  # dpo: the dataset's last pairs, held out of training for the implicit-accuracy evaluation
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the first setting that cannot work (and what it allows); nothing is loaded."""
@@ -106,7 +115,9 @@ class TrainConfig:
                 raise ValueError(f"rewards: unknown reward '{choice.key}'; choose one of {', '.join(REWARDS)}")
             if isinstance(choice.weight, bool) or not isinstance(choice.weight, (int, float)) or not math.isfinite(choice.weight):
                 raise ValueError(f"rewards: the weight of {choice.key} must be a finite number, got {choice.weight!r}")
-        if not self.prompts and not self.prompts_file:
+        if self.method not in METHODS:
+            raise ValueError(f"method '{self.method}' is not one of {', '.join(METHODS)}")
+        if self.method == "reward_backprop" and not self.prompts and not self.prompts_file:
             raise ValueError("give training prompts (a list, or a .txt / .jsonl prompts file)")
         checks = {
             "expert": (self.expert, EXPERTS), "strategy": (self.strategy, STRATEGIES),
@@ -120,7 +131,8 @@ class TrainConfig:
                     "max_steps": self.max_steps, "decoded_latents": self.decoded_latents, "backprop_steps": self.backprop_steps,
                     "checkpoint_every": self.checkpoint_every, "learning_rate": self.learning_rate, "alpha": self.alpha,
                     "frame_count": self.frame_count, "validation_every": self.validation_every,
-                    "sample_every": self.sample_every, "max_grad_norm": self.max_grad_norm, "adam_eps": self.adam_eps}
+                    "sample_every": self.sample_every, "max_grad_norm": self.max_grad_norm, "adam_eps": self.adam_eps,
+                    "beta": self.beta}
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
@@ -134,7 +146,26 @@ class TrainConfig:
             raise ValueError("the 8-bit AdamW optimizer does not work on FSDP-sharded weights; use adamw with fsdp")
         if self.vae_gradient_checkpointing and self.family != "cogvideox":
             raise ValueError(f"VAE gradient checkpointing works for the CogVideoX VAE only; {self.family}'s VAE does not support it")
+        if self.method == "dpo":
+            self.preference_dataset()
         return self
+
+    def preference_dataset(self) -> "PreferenceDataset":
+        """The dpo method's dataset, read and checked against the family, the clip size and the held-out pairs (no
+        model loads)."""
+        from .preference.dataset import PreferenceDataError, read_dataset
+        from .preference.video import ClipFormat
+
+        if not self.dataset:
+            raise ValueError("method 'dpo' needs a preference dataset folder (setting 'dataset')")
+        if self.dpo_alpha is not None and self.dpo_alpha < 0:
+            raise ValueError(f"dpo_alpha must be 0 or more (or null for the dataset's own), got {self.dpo_alpha}")
+        data = read_dataset(Path(self.dataset), family=self.family, clip_format=ClipFormat(self.frames, self.height, self.width),
+                            alpha=self.dpo_alpha)
+        if not 0 <= self.validation_pairs < len(data.pairs):
+            raise PreferenceDataError(f"validation_pairs {self.validation_pairs}: {data.folder} has {len(data.pairs)} "
+                                      "pairs; hold out fewer, so that some remain to train on")
+        return data
 
     def _check_types(self) -> None:
         """Each plain setting holds a value of its kind (a typo such as "frames": "49" fails here, not at step 1)."""

@@ -10,26 +10,38 @@ import numpy as np
 from ..reward.plot import Panel, Series, draw_panels
 
 
+# The metric each method's steps are judged by, its held-out twin (as the job's metrics name them) and its label:
+# reward backpropagation's reward, DPO's implicit accuracy.
+HEADLINES = (("reward", "val_reward", "reward"), ("implicit_accuracy", "val_implicit_accuracy", "implicit accuracy"))
+
+
+def headline(metrics: Sequence[dict[str, Any]]) -> tuple[str, str, str]:
+    """(step metric, held-out metric, label) of the method whose metrics these are (reward when none is there yet)."""
+    return next((h for h in HEADLINES if any(h[0] in m or h[1] in m for m in metrics)), HEADLINES[0])
+
+
 def curve_panels(metrics: Sequence[dict[str, Any]], loss: str = "negative", max_grad_norm: float | None = None) -> list[Panel]:
     """The panels of `training_curves`, for a job trained with the loss form `loss` and clipping at `max_grad_norm`
     (its settings as recorded; None: no threshold drawn).
 
-    With the `negative` loss (the default) the loss is `−reward·scale`, an exact mirror of the training reward, so it
-    gets no panel of its own; the reward panel says so. The `target` loss `|reward − target|·scale` is not a function
+    The first panel is the method's headline metric (`headline`) on training batches and held-out data. With reward
+    backpropagation's `negative` loss (the default) the loss is `−reward·scale`, an exact mirror of the training reward,
+    so it gets no panel of its own; the reward panel says so. DPO's loss is drawn. The `target` loss `|reward − target|·scale` is not a function
     of the batch's mean reward, so it is drawn. The gradient norm (before clipping, with the threshold) is what the
     loss adds: whether updates are clipped, vanish as the reward saturates, or spike before a divergence."""
+    key, held, label = headline(metrics)
     steps = [m for m in metrics if "loss" in m]
-    held_out = [m for m in metrics if "val_reward" in m]
+    held_out = [m for m in metrics if held in m]
     x = [m["step"] for m in steps]
-    negative = loss == "negative"
+    mirror = key == "reward" and loss == "negative"
     waiting = "waiting for the first step"
     panels = [Panel(
-        [Series("training reward", [m["reward"] for m in steps], x),
-         Series("held-out reward", [m["val_reward"] for m in held_out], [m["step"] for m in held_out], points=True)],
-        "reward" + (" (loss = −reward × scale)" if negative else ""), "step", "reward", empty_text=waiting)]
-    if not negative:
+        [Series(f"training {label}", [m[key] for m in steps], x),
+         Series(f"held-out {label}", [m[held] for m in held_out], [m["step"] for m in held_out], points=True)],
+        label + (" (loss = −reward × scale)" if mirror else ""), "step", label, empty_text=waiting)]
+    if not mirror:
         panels.append(Panel([Series("loss", [m["loss"] for m in steps], x)], "loss", "step",
-                            "|reward − target| × scale", empty_text=waiting))
+                            "|reward − target| × scale" if key == "reward" else "DPO loss", empty_text=waiting))
     norms = [m.get("grad_norm", float("nan")) for m in steps]
     title, clip = "gradient norm (before clipping)", {}
     if max_grad_norm is not None:

@@ -128,6 +128,12 @@ class Engine(ABC):
     def evaluate(self, prompts: list[str]) -> float:
         """The method's held-out score (every process calls it: sharded weights need them all)."""
 
+    validation_key = "val_reward"  # the name of `evaluate`'s score in the job's metrics
+
+    def validating(self) -> bool:
+        """Whether the job evaluates held-out data (by default: when the config gives validation prompts)."""
+        return bool(self.config.validation_prompts)
+
     def _optimizer(self) -> torch.optim.Optimizer:
         c = self.config
         params = list(self.params.values())

@@ -88,6 +88,18 @@ class VideoFamily(ABC):
     def decode(self, latents: torch.Tensor, first_n: int | None = None) -> torch.Tensor:
         """Frames `[B,F,3,H,W]` in 0..1 from the first `first_n` latent frames (all when None)."""
 
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Latents (the VAE posterior's mode) of frames `[B,F,3,H,W]` in 0..1, in the layout and scaling `decode` takes."""
+        device = next(self.vae.parameters()).device
+        pixels = (frames.to(device, torch.float32) * 2 - 1).permute(0, 2, 1, 3, 4)
+        with torch.no_grad():
+            latents = self.vae.encode(pixels.to(self.dtype)).latent_dist.mode().float()
+        return self._from_vae(latents).to(self.device)
+
+    def _from_vae(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE's latents `[B,C,T,h,w]` in the family's layout and scaling (here: times the VAE's scaling factor)."""
+        return latents * self.vae.config.scaling_factor
+
     @abstractmethod
     def latent_shape(self, batch: int, frames: int, height: int, width: int) -> tuple[int, ...]:
         """The shape of the initial noise."""

@@ -113,6 +113,9 @@ class CogVideoXFun(VideoFamily):
         )[0]
         return out.float()
 
+    def _from_vae(self, latents: torch.Tensor) -> torch.Tensor:
+        return super()._from_vae(latents).permute(0, 2, 1, 3, 4)
+
     def decode(self, latents: torch.Tensor, first_n: int | None = None) -> torch.Tensor:
         latents = latents[:, :first_n] if first_n else latents
         pixels = self.vae.decode(latents.permute(0, 2, 1, 3, 4).to(self.dtype) / self.vae.config.scaling_factor).sample

@@ -284,6 +284,10 @@ class Wan22(VideoFamily):
         mask[:, :, 0] = 1.0
         return torch.cat([mask, (encoded - mean) / std], dim=1).to(self.device, self.dtype)
 
+    def _from_vae(self, latents: torch.Tensor) -> torch.Tensor:
+        mean, std = self._latent_statistics(latents)
+        return (latents - mean) / std
+
     def _running(self, name: str) -> Callable[..., Any]:
         """The expert `name`, on the device; with `offload_idle` the other one goes to the CPU unless it is training.
         A routed expert (a DeepSpeed engine's) is placed by its wrapper."""

@@ -18,14 +18,17 @@ from ...reward.files import atomic_path, write_text_atomic
 from ...reward.plot import frame_grid, save_png
 from ..build import resolve_device, resolve_dtype
 from ..config import TrainConfig
+from ..curves import headline
 from ..distributed import zero
 from ..distributed.sharding import full, held_fraction
 from ..engine.engine import Engine, TrainingDiverged
+from ..methods.dpo import DiffusionDPO
 from ..methods.reward_backprop import RewardBackprop
 from .jobs import Job, export_lora
 from . import gpu_lock
 
 KEEP_CHECKPOINTS = 3
+METHODS: dict[str, type[RewardBackprop] | type[DiffusionDPO]] = {"reward_backprop": RewardBackprop, "dpo": DiffusionDPO}
 OUT_OF_MEMORY_HINT = ("lower the size, frames or rank, keep gradient checkpointing on, decode fewer latents, or train "
                       "fewer steps with gradients")
 
@@ -122,7 +125,7 @@ def _train(job: Job, config: TrainConfig, accelerator) -> str:
     dtype = resolve_dtype(config.precision, device)
     if main:
         job.set_status("running", "loading the models", step=job.latest_checkpoint_step(), max_steps=config.max_steps)
-    trainer = RewardBackprop.for_job(config, dtype, device, accelerator)
+    trainer = METHODS[config.method].for_job(config, dtype, device, accelerator)
     if main and trainer.family.sampling_settings():  # Wan2.2's shift and boundary, for the status text
         job.set_status("running", "models loaded", **trainer.family.sampling_settings())
     if main and (trainer.sharded or trainer.deepspeed is not None):
@@ -135,10 +138,10 @@ def _train(job: Job, config: TrainConfig, accelerator) -> str:
         if main:
             job.truncate_metrics(trainer.step)
             print(f"resumed from {latest.name}", flush=True)
-    if trainer.step == 0 and config.validation_prompts:  # every process samples: sharded weights need them all
-        val_reward = trainer.evaluate(config.validation_prompts)
+    if trainer.step == 0 and trainer.validating():  # every process evaluates: sharded weights need them all
+        score = trainer.evaluate(config.validation_prompts)
         if main:
-            job.append_metrics({"step": 0, "val_reward": val_reward})
+            job.append_metrics({"step": 0, trainer.validation_key: score})
     bar = tqdm(total=config.max_steps, initial=trainer.step, desc=f"training {job.id}", disable=not main)
     while trainer.step < config.max_steps:
         if _cancelled(job, accelerator):
@@ -149,21 +152,22 @@ def _train(job: Job, config: TrainConfig, accelerator) -> str:
             return "cancelled"
         record = trainer.train_step()
         last = trainer.step == config.max_steps
-        if config.validation_prompts and (trainer.step % config.validation_every == 0 or last):
-            record["val_reward"] = trainer.evaluate(config.validation_prompts)
+        if trainer.validating() and (trainer.step % config.validation_every == 0 or last):
+            record[trainer.validation_key] = trainer.evaluate(config.validation_prompts)
+        shown = headline([record])[0]  # the method's headline metric, beside the loss
         if main:
             job.append_metrics(record)
         if trainer.step % config.checkpoint_every == 0 or last:
             _checkpoint(job, trainer)
         if main:
-            if trainer.step % config.sample_every == 0 or last or trainer.step == 1:
+            if trainer.last_frames is not None and (trainer.step % config.sample_every == 0 or last or trainer.step == 1):
                 save_image(trainer.last_frames, job.samples / "latest.png")
                 with atomic_path(job.samples / f"step-{trainer.step:06d}.png") as copy:
                     shutil.copyfile(job.samples / "latest.png", copy)
             job.set_status("running", f"step {trainer.step}/{config.max_steps}", step=trainer.step,
-                           loss=record["loss"], reward=record["reward"])
+                           loss=record["loss"], **{shown: record[shown]})
         bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.4g}", reward=f"{record['reward']:.4g}")
+        bar.set_postfix(loss=f"{record['loss']:.4g}", **{shown: f"{record[shown]:.4g}"})
     bar.close()
     checksums = _rank_checksums(trainer, accelerator)
     trainer.write_lora(job.lora)

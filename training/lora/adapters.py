@@ -89,6 +89,22 @@ def set_strength(model: nn.Module, adapter: str, strength: float) -> None:
         layer.set_scale(adapter, strength)
 
 
+@contextmanager
+def disabled(model: nn.Module) -> Iterator[None]:
+    """Inside, every LoRA layer of `model` runs its base layer alone (peft's adapter disabling): the base model's
+    exact outputs, with no second copy of its weights."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+
+
 def detach(model: nn.Module, adapter: str) -> None:
     """Remove an adapter; the base weights are as they were before `attach`."""
     from peft.tuners.tuners_utils import BaseTunerLayer

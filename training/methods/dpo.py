@@ -4,7 +4,11 @@ noisy inputs and targets it is computed from, for ε-prediction, v-prediction an
 Winner and loser share the timestep and the noise, as reference Diffusion-DPO does (VideoDPO draws them independently,
 which adds variance the preference does not explain), and each prediction's squared error is averaged over every
 non-batch dimension, so there is one DPO term per pair (VideoDPO's 5-D port leaves the width dimension, one term per
-column)."""
+column).
+
+`DiffusionDPO` is the training method on the engine (`engine.engine`): the reference is the trained transformer with
+its LoRA switched off, and one timestep and one noise are drawn per micro-batch, among the timesteps of the trained
+transformer (for Wan2.2, those `family.expert` gives to the trained expert)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,6 +16,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from ...reward.seeds import seeded_generator
+from ..build import load_family
+from ..config import TrainConfig
+from ..distributed.sharding import wants_fsdp
+from ..engine.engine import Engine, MicroBatch
+from ..families.base import VideoFamily
+from ..lora.adapters import disabled
+from ..preference.dataset import PreferenceDataError, PreferenceDataset, PreferencePair
+from ..preference.video import read_mp4
 
 DEFAULT_BETA = 5000.0  # VideoDPO's configs/vc2_dpo/config.yaml
 PREDICTION_TYPES = ("epsilon", "v_prediction", "flow")
@@ -143,3 +157,102 @@ def prediction_type_of(scheduler: Any) -> str:
         raise ValueError(f"{type(scheduler).__name__}: prediction_type '{kind}' is not supported by DPO training "
                          "(epsilon or v_prediction)")
     return kind
+
+
+# The first keys under the config's seed of this method's kinds of random draw (0 is the engine's micro-batch draws:
+# a micro-batch's pairs, timestep and noise):
+HELD_OUT_DRAWS = 1  # (HELD_OUT_DRAWS, pair, draw): a held-out pair's timestep and noise, the same at every evaluation
+EVALUATION_DRAWS = 4  # (timestep, noise) draws per held-out pair
+
+
+def clip_latents(family: VideoFamily, data: PreferenceDataset, config: TrainConfig) -> dict[int, torch.Tensor]:
+    """The latents of every clip the pairs use, by clip index: the stored ones read, the others encoded once with the
+    family's VAE (kept in memory; the dataset folder is left as it is)."""
+    expected = family.latent_shape(1, config.frames, config.height, config.width)[1:]
+    latents = {}
+    for index in sorted({i for pair in data.pairs for i in (pair.winner, pair.loser)}):
+        clip = data.clips[index]
+        value = data.latents(index) if clip.latents is not None else family.encode_frames(read_mp4(clip.path)[None])[0].cpu()
+        if tuple(value.shape) != expected:
+            raise PreferenceDataError(f"{clip.latents or clip.path}: latents of shape {tuple(value.shape)}; {family.name} at "
+                                      f"{config.frames} frames of {config.width}x{config.height} takes {expected}")
+        latents[index] = value.float()
+    return latents
+
+
+class DiffusionDPO(Engine):
+    """A LoRA on one transformer of `family`, trained by Diffusion-DPO on a preference dataset's pairs; the dataset's
+    last `validation_pairs` pairs are held out for evaluation."""
+
+    validation_key = "val_implicit_accuracy"
+
+    def __init__(self, config: TrainConfig, family: VideoFamily, data: PreferenceDataset, accelerator: Any = None) -> None:
+        split = len(data.pairs) - config.validation_pairs
+        self.pairs, self.held_out = data.pairs[:split], data.pairs[split:]
+        self.latents = clip_latents(family, data, config)
+        super().__init__(config, family, accelerator)
+        scheduler = family.new_scheduler()
+        self.prediction_type = prediction_type_of(scheduler)
+        count = scheduler.config.num_train_timesteps
+        if self.prediction_type == "flow":  # σ through the family's own shift
+            schedule = family.schedule(count)
+            timesteps, levels = schedule.timesteps, schedule.sigmas[: len(schedule.timesteps)]
+        else:
+            timesteps = torch.arange(count)
+            levels = alpha_bar(scheduler.alphas_cumprod, timesteps)
+        mine = torch.tensor([family.expert(t) == self.expert for t in timesteps])
+        if not mine.any():
+            raise ValueError(f"the {self.expert} transformer denoises at no training timestep")
+        self.timesteps, self.levels = timesteps[mine], levels[mine].float()
+
+    @classmethod
+    def for_job(cls, config: TrainConfig, dtype: torch.dtype, device: torch.device, accelerator: Any = None) -> "DiffusionDPO":
+        """A trainer for a job process: the dataset read and checked before any model loads, the pairs' captions
+        embedded once and the text encoders freed."""
+        data = config.preference_dataset()
+        family = load_family(config, dtype, device, sharded=wants_fsdp(config.fsdp, accelerator))
+        family.encode(list(dict.fromkeys(pair.caption for pair in data.pairs)))
+        family.release_text_encoders()
+        return cls(config, family, data, accelerator)
+
+    def _result(self, pairs: list[PreferencePair], generator: torch.Generator) -> DPOResult:
+        """The DPO loss and metrics of `pairs` at one drawn timestep, winners and losers sharing one drawn noise."""
+        device = self.family.device
+        winners = torch.stack([self.latents[pair.winner] for pair in pairs]).to(device)
+        losers = torch.stack([self.latents[pair.loser] for pair in pairs]).to(device)
+        k = int(torch.randint(len(self.timesteps), (1,), generator=generator))
+        noise = torch.randn(winners.shape, generator=generator, device=generator.device).to(device)
+        noisy = noised_pair(winners, losers, noise, self.levels[k], self.prediction_type)
+        inputs = torch.cat([noisy.winner, noisy.loser])
+        text = self.family.encode([pair.caption for pair in pairs] * 2)
+        condition = self.family.conditioning(inputs, None)
+        t = self.timesteps[k]
+        policy = self.family.predict(inputs, t, text, condition)
+        with torch.no_grad(), disabled(self.transformer):
+            reference = self.family.predict(inputs, t, text, condition)
+        (policy_winner, policy_loser), (reference_winner, reference_loser) = policy.chunk(2), reference.chunk(2)
+        weights = torch.tensor([pair.weight for pair in pairs])
+        return dpo_loss(policy_winner, policy_loser, reference_winner, reference_loser, noisy.target_winner,
+                        noisy.target_loser, self.config.beta, weights)
+
+    def loss(self, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The DPO loss of `batch_size` drawn pairs."""
+        drawn = torch.randint(len(self.pairs), (self.config.batch_size,), generator=batch.generator)
+        result = self._result([self.pairs[i] for i in drawn], batch.generator)
+        return result.loss, {"implicit_accuracy": result.implicit_accuracy, "reward_margin": result.reward_margin,
+                             "drift": result.drift}
+
+    def validating(self) -> bool:
+        return bool(self.held_out)
+
+    @torch.no_grad()
+    def evaluate(self, prompts: list[str]) -> float:
+        """The implicit accuracy on the held-out pairs, each at `EVALUATION_DRAWS` fixed (timestep, noise) draws (the
+        same at every evaluation); `prompts` is unused: the pairs carry their captions."""
+        hits = []
+        for index, pair in enumerate(self.held_out):
+            for draw in range(EVALUATION_DRAWS):
+                with self.autocast:
+                    result = self._result([pair], seeded_generator(self.config.seed, HELD_OUT_DRAWS, index, draw))
+                hits.append(float(result.implicit_accuracy))
+        return sum(hits) / len(hits)
