@@ -8,7 +8,8 @@ import torch
 
 from ..reward.composite import CompositeReward, RewardTerm
 from ..reward.registry import load_reward
-from .config import TrainConfig
+from .config import WAN_FILES, TrainConfig
+from .families import family_class
 from .families.base import VideoFamily
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -39,18 +40,11 @@ def load_family(config: TrainConfig, dtype: torch.dtype, device: torch.device, s
 
 
 def _load_family(config: TrainConfig, dtype: torch.dtype, device: torch.device, offload_idle: bool) -> VideoFamily:
-    if config.family == "cogvideox":
-        from .families.cogvideox import CogVideoXFun
-
-        return CogVideoXFun.load(Path(config.model["folder"]), dtype=dtype, device=device)
-    if config.family == "easyanimate":
-        from .families.easyanimate import EasyAnimate
-
-        return EasyAnimate.load(Path(config.model["folder"]), dtype=dtype, device=device)
-    from .families.wan import Wan22
-
-    files = {k: Path(config.model[k]) for k in ("high", "low", "vae", "text_encoder")}
-    return Wan22.load(**files, dtype=dtype, device=device, shift=config.shift, offload_idle=offload_idle)
+    family = family_class(config.family)
+    if config.family == "wan2.2":
+        files = {k: Path(config.model[k]) for k in WAN_FILES}
+        return family.load(**files, dtype=dtype, device=device, shift=config.shift, offload_idle=offload_idle)
+    return family.load(Path(config.model["folder"]), dtype=dtype, device=device)
 
 
 @dataclass
