@@ -4,6 +4,7 @@ dataset that cannot train is refused before any model loads."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ from video_reward_lora.training.methods.dpo import DiffusionDPO
 from video_reward_lora.training.preference.dataset import DatasetInfo, NewClip, PreferenceDataError, write_dataset
 from video_reward_lora.training.preference.pairs import ScoredPair
 from video_reward_lora.training.preference.video import read_mp4
+
+from test_training import _launch
 
 FRAMES, SIZE = 9, 32
 CAPTIONS = ["a red ball", "a blue sky", "a cat in a field", "a dog on the field", "a ball rolling", "a sunny field"]
@@ -102,6 +105,18 @@ def test_dpo_raises_the_held_out_implicit_accuracy_and_resumes_exactly(models, d
     assert run_job(interrupted.path) == "finished"
     losses = lambda job: [(m["step"], m.get("loss"), m.get("val_implicit_accuracy")) for m in job.metrics()]  # noqa: E731
     assert losses(interrupted) == losses(straight)
+
+
+def test_two_data_parallel_processes_end_with_one_lora(models, dataset, tmp_path):
+    status, _ = _launch(dpo_config(models, dataset, max_steps=3, batch_size=1), tmp_path / "ddp")
+    assert status["state"] == "finished"
+    checksums = status["rank_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1] != 0
+    job = Job(tmp_path / "ddp")
+    assert job.lora.is_file() and status["lora"] == str(job.lora)
+    steps = [m for m in job.metrics() if "loss" in m]
+    assert [m["step"] for m in steps] == [1, 2, 3]
+    assert all(math.isfinite(m["loss"]) and 0 <= m["implicit_accuracy"] <= 1 for m in steps)
 
 
 def test_clips_without_latents_are_encoded_with_the_vae(models, tmp_path):

@@ -140,7 +140,7 @@ def test_a_changed_config_resumes_replaces_or_is_refused(tmp_path):
     assert action == "new" and job_exporting_to(root, export) == job
     job.set_status("running", "step 5/100", pid=os.getpid())
     assert open_job(root, config, export) == (job, "keep")
-    with pytest.raises(FileExistsError, match=f"training job {job.id} for this LoRA is running with other settings "
+    with pytest.raises(FileExistsError, match=f"job {job.id}, which makes this LoRA, is running with other settings "
                                               r"\(learning_rate\); choose another LoRA name, or cancel it first"):
         open_job(root, plain_config(max_steps=100, learning_rate=1e-5), export)
 
@@ -171,12 +171,12 @@ def test_a_changed_config_resumes_replaces_or_is_refused(tmp_path):
     other = tmp_path / "loras" / "other.safetensors"
     other.parent.mkdir(parents=True)
     other.write_text("not from a job")
-    with pytest.raises(FileExistsError, match="exists already and no training job made it"):
+    with pytest.raises(FileExistsError, match="exists already and no job made it"):
         open_job(root, fixed, other, "other")
 
 
 def test_resuming_with_new_validation_prompts_and_steps_repeats_the_run(models, tmp_path, monkeypatch):
-    """A cancelled job resumed with other RESUMABLE_CHANGES trains exactly as the run that was never stopped."""
+    """A cancelled job resumed with other resumable settings trains exactly as the run that was never stopped."""
     straight = create_job(tmp_path / "a", tiny_config(models, validation_prompts=["a sunny field"], validation_every=2))
     assert run_job(straight.path) == "finished"
     export = tmp_path / "loras" / "b.safetensors"

@@ -354,7 +354,7 @@ def test_cli_reports_bad_configs(tmp_path, capsys):
     from video_reward_lora.training.cli import main
 
     (tmp_path / "bad.json").write_text('{"family": "cogvideox", "model": {"folder": "x"}, "lr": 1}')
-    for config, message in (("nope.json", "training config nope.json does not exist"), (tmp_path / "bad.json", "unknown training settings: lr")):
+    for config, message in (("nope.json", "config nope.json does not exist"), (tmp_path / "bad.json", "unknown training settings: lr")):
         with pytest.raises(SystemExit) as exit_info:
             main(["run", "--config", str(config), "--output", str(tmp_path / "out")])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err

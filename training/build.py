@@ -3,14 +3,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from ..reward.composite import CompositeReward, RewardTerm
 from ..reward.registry import load_reward
-from .config import WAN_FILES, TrainConfig
+from .config import WAN_FILES, RewardChoice, TrainConfig
 from .families import family_class
 from .families.base import VideoFamily
+
+if TYPE_CHECKING:
+    from .preference.config import PairsConfig
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -28,7 +32,7 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return DTYPES[precision]
 
 
-def load_family(config: TrainConfig, dtype: torch.dtype, device: torch.device, sharded: bool = False) -> VideoFamily:
+def load_family(config: "TrainConfig | PairsConfig", dtype: torch.dtype, device: torch.device, sharded: bool = False) -> VideoFamily:
     """The config's model, loaded strictly from its files, on `device`. With `sharded` the transformers stay on the
     CPU, for `sharding.shard` to move only this process's slice of them to `device`."""
     family = _load_family(config, dtype, torch.device("cpu") if sharded else device, config.offload_idle_expert and not sharded)
@@ -39,7 +43,7 @@ def load_family(config: TrainConfig, dtype: torch.dtype, device: torch.device, s
     return family
 
 
-def _load_family(config: TrainConfig, dtype: torch.dtype, device: torch.device, offload_idle: bool) -> VideoFamily:
+def _load_family(config: "TrainConfig | PairsConfig", dtype: torch.dtype, device: torch.device, offload_idle: bool) -> VideoFamily:
     family = family_class(config.family)
     if config.family == "wan2.2":
         files = {k: Path(config.model[k]) for k in WAN_FILES}
@@ -57,16 +61,22 @@ class RewardObjective:
     scale: float
 
 
-def load_objective(config: TrainConfig, dtype: torch.dtype, device: torch.device) -> RewardObjective:
-    """One reward as it is (with its own loss target and scale), or a mix of normalised rewards."""
-    roots = [Path(r) for r in config.reward_roots]
-    models = [load_reward(c.key, roots, c.checkpoint, c.encoder, dtype, device) for c in config.rewards]
+def load_reward_mix(choices: Sequence[RewardChoice], roots: Sequence[str], dtype: torch.dtype, device: torch.device,
+                    gradient_checkpointing: bool = False) -> CompositeReward:
+    """One reward as it is (times its weight), or a weighted mix of rewards normalised by their typical mean and spread."""
+    models = [load_reward(c.key, [Path(r) for r in roots], c.checkpoint, c.encoder, dtype, device) for c in choices]
     for model in models:
-        model.set_gradient_checkpointing(config.gradient_checkpointing)
+        model.set_gradient_checkpointing(gradient_checkpointing)
     if len(models) == 1:
-        spec = models[0].spec
-        reward = CompositeReward([RewardTerm(models[0], config.rewards[0].weight)])
+        return CompositeReward([RewardTerm(models[0], choices[0].weight)])
+    return CompositeReward([RewardTerm(m, c.weight, *m.spec.norm) for m, c in zip(models, choices)])
+
+
+def load_objective(config: TrainConfig, dtype: torch.dtype, device: torch.device) -> RewardObjective:
+    """The config's reward mix and its loss: one reward with its own loss target and scale, a mix with target 1."""
+    reward = load_reward_mix(config.rewards, config.reward_roots, dtype, device, config.gradient_checkpointing)
+    if len(reward.terms) == 1:
+        spec = reward.terms[0].model.spec
         target = spec.loss_target if config.loss_target is None else config.loss_target
         return RewardObjective(reward, config.loss, target, spec.loss_scale)
-    terms = [RewardTerm(m, c.weight, *m.spec.norm) for m, c in zip(models, config.rewards)]
-    return RewardObjective(CompositeReward(terms), config.loss, 1.0 if config.loss_target is None else config.loss_target, 1.0)
+    return RewardObjective(reward, config.loss, 1.0 if config.loss_target is None else config.loss_target, 1.0)

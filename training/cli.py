@@ -1,4 +1,4 @@
-"""Reward-LoRA training from the command line, without ComfyUI.
+"""Reward-LoRA training and preference-pair building from the command line, without ComfyUI.
 
     python -m video_reward_lora.training.cli run --config train.json --output runs/my-lora
     accelerate launch --num_processes 8 -m video_reward_lora.training.cli run --config train.json --output runs/my-lora
@@ -6,9 +6,11 @@
     python -m video_reward_lora.training.cli status runs/my-lora
     python -m video_reward_lora.training.cli cancel runs/my-lora
     python -m video_reward_lora.training.cli resume runs/my-lora                         # in the background
+    python -m video_reward_lora.training.cli run --config pairs.json --output runs/my-pairs  # a preference dataset
 
 `run` works in the foreground (and under accelerate launch); running it again on the same output resumes from the
-latest checkpoint. The config is a JSON object of TrainConfig fields (see README).
+latest checkpoint. The config is a JSON object of TrainConfig fields, or of PairsConfig fields with
+"kind": "preference_pairs" for a job that builds a preference dataset (see README).
 """
 from __future__ import annotations
 
@@ -19,15 +21,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from .config import TrainConfig
 from ..reward.files import write_json_atomic, write_text_atomic
 from ..reward.quiet import quiet_libraries
-from .jobs.jobs import RESUMABLE_CHANGES, Job, create_job, reuse, start
+from .jobs.jobs import Job, JobConfig, create_job, load_config, reuse, start
 
 
-def prepare(output: Path, config: TrainConfig) -> Job:
+def prepare(output: Path, config: JobConfig) -> Job:
     """`output` as a job directory for `config`: the same config, or one that differs only in settings that keep
-    resuming exact (RESUMABLE_CHANGES), resumes the job there; any other config is refused."""
+    resuming exact (the config's `resumable` ones), resumes the job there; any other config is refused."""
     output.mkdir(parents=True, exist_ok=True)
     existing = output / "config.json"
     if existing.is_file():
@@ -36,8 +37,8 @@ def prepare(output: Path, config: TrainConfig) -> Job:
         except FileExistsError as err:
             raise SystemExit(f"{output}: {err}") from None
         if action == "replace":
-            raise SystemExit(f"{output} holds a job with other settings that change the training (only "
-                             f"{', '.join(RESUMABLE_CHANGES)} may change on a resume); choose a new --output "
+            raise SystemExit(f"{output} holds a job with other settings that change its result (only "
+                             f"{', '.join(config.resumable)} may change on a resume); choose a new --output "
                              "(or run without --config to resume)")
     write_text_atomic(existing, config.to_json())
     if not (output / "job.json").is_file():
@@ -76,12 +77,12 @@ def teed(log_path: Path) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="video_reward_lora.training.cli", description="Train reward LoRAs.")
+    parser = argparse.ArgumentParser(prog="video_reward_lora.training.cli", description="Train reward LoRAs and build preference datasets.")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="train in the foreground (resumes when the output already holds checkpoints)")
-    run.add_argument("--config", type=Path, help="TrainConfig JSON (omit to resume the job in --output)")
+    run = commands.add_parser("run", help="run a job in the foreground (resumes the job already in the output)")
+    run.add_argument("--config", type=Path, help="TrainConfig or PairsConfig JSON (omit to resume the job in --output)")
     run.add_argument("--output", type=Path, required=True, help="the job directory")
-    background = commands.add_parser("start", help="create a job and train it in a background process")
+    background = commands.add_parser("start", help="create a job and run it in a background process")
     background.add_argument("--config", type=Path, required=True)
     background.add_argument("--jobs-root", type=Path, required=True)
     for name, text in (("run-job", "run an existing job directory"), ("status", "print a job's status"),
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     config = None
     if getattr(args, "config", None) is not None:
         try:
-            config = TrainConfig.load(args.config)
+            config = load_config(args.config)
         except (FileNotFoundError, ValueError) as err:
             parser.error(str(err))
     if args.command == "run":
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     job = Job(args.job)
     if not (job.path / "config.json").is_file():
-        print(f"{job.path} is not a training job directory", file=sys.stderr)
+        print(f"{job.path} is not a job directory", file=sys.stderr)
         return 2
     if args.command == "status":
         print(json.dumps({**job.status(), "metrics": job.metrics()[-1:]}, indent=2))

@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..reward.composite import FRAME_MODES, LOSS_FORMS
 from ..reward.registry import REWARDS
@@ -45,6 +45,11 @@ class RewardChoice:
 
 @dataclass
 class TrainConfig:
+    # Settings that leave the training trajectory (every loss and update) unchanged: a failed or cancelled job whose
+    # settings differ only in these resumes from its checkpoints; any other change starts a new job.
+    resumable: ClassVar[tuple[str, ...]] = ("max_steps", "checkpoint_every", "validation_prompts", "validation_every",
+                                            "sample_every")
+
     family: str
     model: dict[str, str]  # {"folder": ...} (CogVideoX-Fun, EasyAnimate) or the Wan2.2 files {high, low, vae, text_encoder}
     rewards: list[RewardChoice] = field(default_factory=lambda: [RewardChoice("hps_v2.1")])
@@ -101,20 +106,9 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the first setting that cannot work (and what it allows); nothing is loaded."""
-        self._check_types()
-        if self.family not in FAMILIES:
-            raise ValueError(f"unknown family '{self.family}'; choose one of {', '.join(FAMILIES)}")
-        needed = WAN_FILES if self.family == "wan2.2" else ("folder",)
-        missing = [k for k in needed if not self.model.get(k)]
-        if missing:
-            raise ValueError(f"{self.family} needs the model files {', '.join(needed)}; missing: {', '.join(missing)}")
-        if not self.rewards:
-            raise ValueError("choose at least one reward")
-        for choice in self.rewards:
-            if choice.key not in REWARDS:
-                raise ValueError(f"rewards: unknown reward '{choice.key}'; choose one of {', '.join(REWARDS)}")
-            if isinstance(choice.weight, bool) or not isinstance(choice.weight, (int, float)) or not math.isfinite(choice.weight):
-                raise ValueError(f"rewards: the weight of {choice.key} must be a finite number, got {choice.weight!r}")
+        check_types(self)
+        check_model(self.family, self.model)
+        check_rewards(self.rewards)
         if self.method not in METHODS:
             raise ValueError(f"method '{self.method}' is not one of {', '.join(METHODS)}")
         if self.method == "reward_backprop" and not self.prompts and not self.prompts_file:
@@ -138,10 +132,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {value}")
         self._check_sampling()
         check_seed(self.seed)
-        if self.shift is not None and self.family != "wan2.2":
-            raise ValueError(f"shift applies to Wan2.2 only ({self.family} samples with its own scheduler); remove it")
-        if self.shift is not None and self.shift <= 0:
-            raise ValueError(f"shift must be positive (or null to follow the model), got {self.shift}")
         if self.fsdp and self.optimizer == "adamw8bit":
             raise ValueError("the 8-bit AdamW optimizer does not work on FSDP-sharded weights; use adamw with fsdp")
         if self.vae_gradient_checkpointing and self.family != "cogvideox":
@@ -167,29 +157,14 @@ class TrainConfig:
                                       "pairs; hold out fewer, so that some remain to train on")
         return data
 
-    def _check_types(self) -> None:
-        """Each plain setting holds a value of its kind (a typo such as "frames": "49" fails here, not at step 1)."""
-        for spec in dataclasses.fields(self):
-            value, kind = getattr(self, spec.name), str(spec.type)
-            if kind.endswith(" | None"):
-                if value is None:
-                    continue
-                kind = kind.removesuffix(" | None")
-            if kind in KINDS and not _is_kind(value, kind):
-                raise ValueError(f"{spec.name} must be {KINDS[kind]}, got {value!r}")
-
     def _check_sampling(self) -> None:
         """The loss, the video size, the steps that carry gradients and the prompts."""
         if self.loss_target is not None and self.loss != "target":
             raise ValueError(f"loss_target applies to loss 'target' only (loss is '{self.loss}'); remove it or set loss to 'target'")
-        if self.guidance < 1:
-            raise ValueError(f"guidance must be at least 1 (1 = no classifier-free guidance), got {self.guidance}")
+        check_video(self)
         for name in ("weight_decay", "random_start"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
-        if not DEVICE.fullmatch(self.device):
-            raise ValueError(f"device '{self.device}' is not one of auto, cpu, cuda, cuda:<index>")
-        family_class(self.family).check_size(self.frames, self.height, self.width)
         end = self.steps if self.random_end is None else self.random_end
         if not self.random_start < end <= self.steps:
             raise ValueError(f"random_start {self.random_start} and random_end {self.random_end} must give a non-empty "
@@ -199,34 +174,96 @@ class TrainConfig:
             raise ValueError(f"step_list {outside} lies outside the sampling steps 0..{self.steps - 1}")
         if self.strategy == "list" and not self.step_list:
             raise ValueError("strategy 'list' needs a step_list (indices of the sampling steps that carry gradients)")
-        for name in ("prompts", "validation_prompts"):
-            blank = [n for n, prompt in enumerate(getattr(self, name), 1) if not prompt.strip()]
-            if blank:
-                raise ValueError(f"{name}: prompt {blank[0]} is empty; every prompt needs some text")
+        check_prompts(self, ("prompts", "validation_prompts"))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
-        if "family" not in data or "model" not in data:
-            raise ValueError("a training config needs 'family' and 'model'")
-        data = dict(data)
-        data["rewards"] = [RewardChoice(**r) if isinstance(r, dict) else RewardChoice(r) for r in data.get("rewards", ["hps_v2.1"])]
-        return cls(**data).validate()
+        return cls(**settings_of(cls, data, "training")).validate()
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"training config {path} does not exist")
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
+        return cls.from_dict(read_settings(path))
+
+
+def read_settings(path: Path) -> dict[str, Any]:
+    """A job config file's JSON object."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"config {path} does not exist")
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object of settings")
+    return data
+
+
+def settings_of(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
+    """`data` as the keyword arguments of the settings dataclass `cls` (unknown names refused, rewards parsed)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} settings: {', '.join(unknown)}")
+    if "family" not in data or "model" not in data:
+        raise ValueError(f"a {what} config needs 'family' and 'model'")
+    data = dict(data)
+    data["rewards"] = [RewardChoice(**r) if isinstance(r, dict) else RewardChoice(r) for r in data.get("rewards", ["hps_v2.1"])]
+    return data
+
+
+def check_types(settings: Any) -> None:
+    """Each plain setting of a settings dataclass holds a value of its kind (a typo such as "frames": "49" fails
+    here, not at step 1)."""
+    for spec in dataclasses.fields(settings):
+        value, kind = getattr(settings, spec.name), str(spec.type)
+        if kind.endswith(" | None"):
+            if value is None:
+                continue
+            kind = kind.removesuffix(" | None")
+        if kind in KINDS and not _is_kind(value, kind):
+            raise ValueError(f"{spec.name} must be {KINDS[kind]}, got {value!r}")
+
+
+def check_model(family: str, model: dict[str, str]) -> None:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family '{family}'; choose one of {', '.join(FAMILIES)}")
+    needed = WAN_FILES if family == "wan2.2" else ("folder",)
+    missing = [k for k in needed if not model.get(k)]
+    if missing:
+        raise ValueError(f"{family} needs the model files {', '.join(needed)}; missing: {', '.join(missing)}")
+
+
+def check_rewards(rewards: list[RewardChoice]) -> None:
+    if not rewards:
+        raise ValueError("choose at least one reward")
+    for choice in rewards:
+        if choice.key not in REWARDS:
+            raise ValueError(f"rewards: unknown reward '{choice.key}'; choose one of {', '.join(REWARDS)}")
+        if isinstance(choice.weight, bool) or not isinstance(choice.weight, (int, float)) or not math.isfinite(choice.weight):
+            raise ValueError(f"rewards: the weight of {choice.key} must be a finite number, got {choice.weight!r}")
+
+
+def check_video(settings: Any) -> None:
+    """The sampling settings a job shares with every job that samples: size, guidance, shift, device."""
+    if settings.guidance < 1:
+        raise ValueError(f"guidance must be at least 1 (1 = no classifier-free guidance), got {settings.guidance}")
+    if not DEVICE.fullmatch(settings.device):
+        raise ValueError(f"device '{settings.device}' is not one of auto, cpu, cuda, cuda:<index>")
+    family_class(settings.family).check_size(settings.frames, settings.height, settings.width)
+    if settings.shift is not None and settings.family != "wan2.2":
+        raise ValueError(f"shift applies to Wan2.2 only ({settings.family} samples with its own scheduler); remove it")
+    if settings.shift is not None and settings.shift <= 0:
+        raise ValueError(f"shift must be positive (or null to follow the model), got {settings.shift}")
+
+
+def check_prompts(settings: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        blank = [n for n, prompt in enumerate(getattr(settings, name), 1) if not prompt.strip()]
+        if blank:
+            raise ValueError(f"{name}: prompt {blank[0]} is empty; every prompt needs some text")
 
 
 def _is_kind(value: Any, kind: str) -> bool:

@@ -1,9 +1,11 @@
-"""Training jobs as directories, run in their own process; one GPU job at a time, the others queue.
+"""Jobs as directories, run in their own process; one GPU job at a time, the others queue. A job trains a LoRA
+(its config a TrainConfig) or builds a preference dataset (a PairsConfig, `preference.builder`).
 
-A job directory holds `config.json` (the TrainConfig), `job.json` (where the LoRA is exported), `status.json`
-(queued, running, finished, failed, cancelled, with a reason), `metrics.jsonl` (one line per step), `log.txt`,
-`checkpoints/step-NNNNNN/` (the LoRA in the published format plus the optimizer state), `samples/`, and the
-final `lora.safetensors`. Every file is replaced atomically; nodes and the CLI only read these files.
+A job directory holds `config.json` (the config), `job.json` (where the result is exported), `status.json`
+(queued, running, finished, failed, cancelled, with a reason), `metrics.jsonl` (one line per training step or per
+video made), `log.txt`; a training job also `checkpoints/step-NNNNNN/` (the LoRA in the published format plus the
+optimizer state), `samples/`, and the final `lora.safetensors`; a pair job the growing `dataset/`. Every file is
+replaced atomically; nodes and the CLI only read these files.
 """
 from __future__ import annotations
 
@@ -19,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from ...reward.files import atomic_folder, atomic_path, write_json_atomic, write_text_atomic
-from ..config import TrainConfig
+from ..config import TrainConfig, read_settings
+from ..preference.config import KIND as PAIRS, PairsConfig
+
+JobConfig = TrainConfig | PairsConfig
 
 STATES = ("queued", "running", "finished", "failed", "cancelled")
 ACTIVE = ("queued", "running")
-# Settings that leave the training trajectory (every loss and update) unchanged: a failed or cancelled job whose
-# settings differ only in these resumes from its checkpoints; any other change starts a new job.
-RESUMABLE_CHANGES = ("max_steps", "checkpoint_every", "validation_prompts", "validation_every", "sample_every")
 PACKAGE = "video_reward_lora"
 PACK_ROOT = Path(__file__).resolve().parents[2]
 # Imports the pack (whatever its folder is called under custom_nodes) as `video_reward_lora` without running its
@@ -74,8 +76,8 @@ class Job:
     def log(self) -> Path:
         return self.path / "log.txt"
 
-    def config(self) -> TrainConfig:
-        return TrainConfig.load(self.path / "config.json")
+    def config(self) -> JobConfig:
+        return load_config(self.path / "config.json")
 
     def settings(self) -> dict[str, Any]:
         """config.json as it was written (readable even when a setting in it is refused now)."""
@@ -167,7 +169,17 @@ class Job:
         return (self.path / "cancel").exists()
 
 
-def create_job(jobs_root: Path, config: TrainConfig, export_to: Path | None = None, name: str = "") -> Job:
+def _result(config: JobConfig) -> str:
+    return "dataset" if isinstance(config, PairsConfig) else "LoRA"
+
+
+def load_config(path: Path) -> JobConfig:
+    """A job's config from its JSON file: a preference-pair job's (its "kind" says so) or a training job's."""
+    data = read_settings(path)
+    return (PairsConfig if data.get("kind") == PAIRS else TrainConfig).from_dict(data)
+
+
+def create_job(jobs_root: Path, config: JobConfig, export_to: Path | None = None, name: str = "") -> Job:
     """A new job directory with its config, its info and a status (queued, no process yet); `export_to` is where
     the finished LoRA is also copied. All or nothing: the folder is filled under a temporary name and renamed."""
     config.validate()
@@ -191,19 +203,19 @@ def find_job(jobs_root: Path, job_id: str) -> Job:
     return Job(path)
 
 
-def settings_changed(job: Job, config: TrainConfig) -> list[str]:
+def settings_changed(job: Job, config: JobConfig) -> list[str]:
     """The settings in which `config` differs from the job's config.json, read as it is (a job that failed on a
     setting that is refused now still compares)."""
     old, new = job.settings(), json.loads(config.to_json())
     return sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
 
 
-def reuse(job: Job, config: TrainConfig) -> str:
-    """What a new request for `config` does with the existing `job` of the same LoRA:
+def reuse(job: Job, config: JobConfig) -> str:
+    """What a new request for `config` does with the existing `job` that makes the same LoRA or dataset:
 
     - "keep": same settings and the job is queued, running or finished (nothing to start);
-    - "resume": failed or cancelled, and the settings are the same or differ only in RESUMABLE_CHANGES (the
-      checkpoints stay valid; the new settings are written to the job and it restarts from its last checkpoint);
+    - "resume": failed or cancelled, and the settings are the same or differ only in the config's `resumable` ones
+      (what was done stays valid; the new settings are written to the job and it restarts from its last checkpoint);
     - "replace": failed or cancelled with settings that change the training (a new job starts from step 0).
     A queued, running or finished job with other settings raises FileExistsError."""
     status = job.status()
@@ -213,19 +225,19 @@ def reuse(job: Job, config: TrainConfig) -> str:
         return "keep" if state in ACTIVE + ("finished",) else "resume"
     if state in ACTIVE + ("finished",):
         what = "cancel it first" if state in ACTIVE else "delete its folder to train it again"
-        raise FileExistsError(f"training job {job.id} for this LoRA is {state} with other settings "
-                              f"({', '.join(changed)}); choose another LoRA name, or {what}")
-    return "resume" if set(changed) <= set(RESUMABLE_CHANGES) else "replace"
+        raise FileExistsError(f"job {job.id}, which makes this {_result(config)}, is {state} with other settings "
+                              f"({', '.join(changed)}); choose another {_result(config)} name, or {what}")
+    return "resume" if set(changed) <= set(config.resumable) else "replace"
 
 
-def open_job(jobs_root: Path, config: TrainConfig, export_to: Path, name: str = "") -> tuple[Job, str]:
+def open_job(jobs_root: Path, config: JobConfig, export_to: Path, name: str = "") -> tuple[Job, str]:
     """The job that trains `config` into `export_to` and what to do with it: ("keep", the job as it is), ("resume",
     an earlier job updated to `config`), ("new", a new job), or ("replace", a new job that replaces a failed or
     cancelled one with other settings; the old folder stays, with its checkpoints, as a job that exports nothing)."""
     job = job_exporting_to(jobs_root, export_to)
     if job is None:
         if export_to.exists():
-            raise FileExistsError(f"{export_to} exists already and no training job made it; choose another LoRA name")
+            raise FileExistsError(f"{export_to} exists already and no job made it; choose another {_result(config)} name")
         return create_job(jobs_root, config, export_to, name), "new"
     action = reuse(job, config)
     if action == "resume" and settings_changed(job, config):
@@ -238,7 +250,7 @@ def open_job(jobs_root: Path, config: TrainConfig, export_to: Path, name: str = 
 
 
 def job_exporting_to(jobs_root: Path, path: Path) -> Job | None:
-    """The newest job in `jobs_root` whose finished LoRA is copied to `path`, if any."""
+    """The newest job in `jobs_root` whose result (a LoRA, a dataset) goes to `path`, if any."""
     for info in sorted(Path(jobs_root).glob("*/job.json"), reverse=True):
         if info.parent.name.startswith("."):  # a job folder still being created
             continue

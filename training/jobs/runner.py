@@ -1,5 +1,6 @@
-"""Running a job directory to its end: queue for the GPU, load, train with checkpoints and samples, export the LoRA,
-and leave a status that says how it ended (finished, cancelled, failed with the reason)."""
+"""Running a job directory to its end: queue for the GPU, load, then train with checkpoints and samples and export the
+LoRA (a training job) or make and pair videos (a preference-pair job, `preference.builder`), and leave a status that
+says how it ended (finished, cancelled, failed with the reason)."""
 from __future__ import annotations
 
 import shutil
@@ -24,7 +25,9 @@ from ..distributed.sharding import full, held_fraction
 from ..engine.engine import Engine, TrainingDiverged
 from ..methods.dpo import DiffusionDPO
 from ..methods.reward_backprop import RewardBackprop
-from .jobs import Job, export_lora
+from ..preference.builder import build_pairs
+from ..preference.config import PairsConfig
+from .jobs import Job, JobConfig, export_lora
 from . import gpu_lock
 
 KEEP_CHECKPOINTS = 3
@@ -86,7 +89,7 @@ def run_job(path: Path) -> str:
         accelerator.end_training()
 
 
-def _run(job: Job, config: TrainConfig, accelerator) -> str:
+def _run(job: Job, config: JobConfig, accelerator) -> str:
     main = accelerator.is_main_process
     lock = _wait_for_gpu(job, accelerator)
     if lock is None:
@@ -96,6 +99,8 @@ def _run(job: Job, config: TrainConfig, accelerator) -> str:
     step = job.latest_checkpoint_step()
     try:
         with lock:
+            if isinstance(config, PairsConfig):
+                return _build(job, config, accelerator)
             return _train(job, config, accelerator)
     except TrainingDiverged as err:
         step = job.latest_checkpoint_step()
@@ -107,9 +112,16 @@ def _run(job: Job, config: TrainConfig, accelerator) -> str:
         traceback.print_exc()
         reason = f"{type(err).__name__}: {err} (details in log.txt)"
     if main:
-        job.set_status("failed", reason, resumable=job.latest_checkpoint() is not None)
+        job.set_status("failed", reason, resumable=isinstance(config, PairsConfig) or job.latest_checkpoint() is not None)
     print(f"job failed: {reason}", flush=True)
     return "failed"
+
+
+def _build(job: Job, config: PairsConfig, accelerator) -> str:
+    if accelerator.num_processes > 1:
+        raise ValueError("a preference-pair job runs in one process; start it without accelerate launch")
+    device = accelerator.device
+    return build_pairs(job, config, resolve_dtype(config.precision, device), device, job.cancel_requested)
 
 
 def _cancelled(job: Job, accelerator) -> bool:

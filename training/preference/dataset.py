@@ -145,23 +145,39 @@ def write_dataset(folder: Path, info: DatasetInfo, clips: Sequence[NewClip], pai
     if len(latent_shapes) > 1 or (latent_shapes and any(c.latents is None for c in clips)):
         raise PreferenceDataError(f"the clips' latents must all be given, of one shape; got shapes {sorted(latent_shapes)}"
                                   f" and {sum(c.latents is None for c in clips)} clips without")
-    probabilities = gap_probabilities([p.gap for p in pairs], bins)
-    metadata, entries = [], []
     with atomic_folder(folder) as staging:
         for index, clip in enumerate(clips):
-            clip_path = f"{CLIPS_FOLDER}/{index:06d}.mp4"
-            write_mp4(staging / clip_path, clip.frames, info.fps)
-            if clip.latents is not None:
-                write_safetensors_atomic({LATENTS_KEY: clip.latents.detach().cpu()}, _latents_path(staging, clip_path),
-                                         {"family": info.family})
-            metadata.append({"basic": {"clip_path": clip_path, "clip_duration": info.frames / info.fps},
-                             "misc": {"frame_caption": [clip.caption]}})
-        for pair, probability in zip(pairs, probabilities):
-            entries.append({"video1": pair.winner, "video2": pair.loser, "frame_caption": clips[pair.winner].caption,
-                            "score": probability, "gap": pair.gap})
-        write_json_atomic(staging / METADATA_FILE, metadata)
-        write_json_atomic(staging / PAIRS_FILE, entries)
-        write_json_atomic(staging / DATASET_FILE, {**asdict(info), "latent_shape": list(next(iter(latent_shapes), []))})
+            write_clip(staging, index, clip, info)
+        write_index(staging, info, [clip.caption for clip in clips], pairs, bins)
+
+
+def clip_path(index: int) -> str:
+    """Where clip `index` of a dataset we write lies, relative to the dataset folder."""
+    return f"{CLIPS_FOLDER}/{index:06d}.mp4"
+
+
+def write_clip(folder: Path, index: int, clip: NewClip, info: DatasetInfo) -> None:
+    """Clip `index` of a dataset in `folder`: its mp4, and its latents when given (each file atomically)."""
+    write_mp4(folder / clip_path(index), clip.frames, info.fps)
+    if clip.latents is not None:
+        write_safetensors_atomic({LATENTS_KEY: clip.latents.detach().cpu()}, _latents_path(folder, clip_path(index)),
+                                 {"family": info.family})
+
+
+def write_index(folder: Path, info: DatasetInfo, captions: Sequence[str], pairs: Sequence[ScoredPair],
+                bins: int = DEFAULT_BINS) -> None:
+    """metadata.json, pair.json and dataset.json of the clips `write_clip` wrote into `folder` (one caption each)."""
+    _check_clips_and_pairs(folder, len(captions), [(p.winner, p.loser) for p in pairs], PAIRS_FILE)
+    probabilities = gap_probabilities([p.gap for p in pairs], bins)
+    metadata = [{"basic": {"clip_path": clip_path(index), "clip_duration": info.frames / info.fps},
+                 "misc": {"frame_caption": [caption]}} for index, caption in enumerate(captions)]
+    entries = [{"video1": pair.winner, "video2": pair.loser, "frame_caption": captions[pair.winner], "score": probability,
+                "gap": pair.gap} for pair, probability in zip(pairs, probabilities)]
+    latents = _latents_path(folder, clip_path(0))
+    shape = list(safetensors_header(latents)[0][LATENTS_KEY]["shape"]) if latents.is_file() else []
+    write_json_atomic(folder / METADATA_FILE, metadata)
+    write_json_atomic(folder / PAIRS_FILE, entries)
+    write_json_atomic(folder / DATASET_FILE, {**asdict(info), "latent_shape": shape})
 
 
 def _load_json(path: Path) -> Any:
