@@ -9,6 +9,7 @@ import folder_paths
 from ..reward.files import resolve_inside
 
 REWARD_MODELS = "reward_models"
+PREFERENCE_DATASETS = "preference_datasets"  # folders of preference pairs (VideoDPO's layout), for DPO training
 # Folder names the VideoX-Fun / EasyAnimate ComfyUI nodes use, so existing downloads are found where they are.
 VIDEO_MODEL_FOLDERS = {"CogVideoX-Fun": "CogVideoX_Fun", "EasyAnimate": "EasyAnimate"}
 
@@ -23,7 +24,7 @@ def _register(name: str) -> None:
 
 
 def register_model_folders() -> None:
-    for name in (REWARD_MODELS, *VIDEO_MODEL_FOLDERS.values()):
+    for name in (REWARD_MODELS, PREFERENCE_DATASETS, *VIDEO_MODEL_FOLDERS.values()):
         _register(name)
 
 

@@ -9,13 +9,14 @@ from typing import Any
 import numpy as np
 import torch
 from comfy_api.latest import io, ui
+from comfy_execution.graph_utils import ExecutionBlocker
 
 from ..reward.files import ModelFileError, output_path, resolve_inside
 from ..reward.registry import REWARDS
 from ..reward.seeds import MAX_SEED
 from ..training.config import TrainConfig
-from ..training.curves import headline, training_curves
-from ..training.jobs.jobs import ACTIVE, Job, find_job, job_exporting_to, open_job, start
+from ..training.jobs.jobs import ACTIVE, Job, JobConfig, find_job, job_exporting_to, open_job, start
+from ..training.jobs.summary import describe, is_pairs_job, job_curves
 from ..training.steps import STRATEGIES
 from .folders import VIDEO_MODEL_FOLDERS, model_entry, reward_model_roots, roots
 
@@ -96,46 +97,61 @@ def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def train_config(inputs: dict[str, Any]) -> tuple[TrainConfig, Path]:
-    """The validated TrainConfig of Train Reward LoRA's inputs, and where the finished LoRA goes. An input that is
-    None is linked from another node (its value is known only when the graph runs): its setting keeps the default,
-    its file is not looked up, and a stand-in prompt (LINKED) holds the place of linked prompts. Nothing is written."""
+def job_settings(inputs: dict[str, Any], prompts: bool = True) -> dict[str, Any]:
+    """The settings every job node shares (family, model files, rewards, prompts), from its inputs. An input that
+    is None is linked from another node (its value is known only when the graph runs): its setting keeps the default,
+    its file is not looked up, and a stand-in prompt (LINKED) holds the place of linked prompts. With `prompts` False
+    the node has no training prompts."""
     import folder_paths
 
     known = {name: value for name, value in inputs.items() if value is not None}
     if known.get("family", FIRST_FAMILY) not in FAMILIES:
         raise ValueError(f"family '{known['family']}' is not one of {', '.join(FAMILIES)}")
     key = FAMILIES[known.get("family", FIRST_FAMILY)]
-    lines = [LINKED] if inputs.get("prompts") is None else _lines(inputs["prompts"])
-    prompt_path = LINKED if inputs.get("prompts_file") is None else ""
-    if known.get("prompts_file", NONE) != NONE:
-        found = resolve_inside([Path(folder_paths.get_input_directory())], known["prompts_file"], INPUT_FOLDER)
-        if found is None:
-            raise FileNotFoundError(f"prompts_file: {known['prompts_file']} is not in {INPUT_FOLDER}")
-        prompt_path = str(found)
-    if not lines and not prompt_path:
-        raise ValueError("prompts: write training prompts (one per line) or choose a prompts file")
+    settings: dict[str, Any] = {"family": key, "reward_roots": [str(r) for r in reward_model_roots()]}
+    if prompts:
+        lines = [LINKED] if inputs.get("prompts") is None else _lines(inputs["prompts"])
+        prompt_path = LINKED if inputs.get("prompts_file") is None else ""
+        if known.get("prompts_file", NONE) != NONE:
+            found = resolve_inside([Path(folder_paths.get_input_directory())], known["prompts_file"], INPUT_FOLDER)
+            if found is None:
+                raise FileNotFoundError(f"prompts_file: {known['prompts_file']} is not in {INPUT_FOLDER}")
+            prompt_path = str(found)
+        if not lines and not prompt_path:
+            raise ValueError("prompts: write prompts (one per line) or choose a prompts file")
+        settings.update(prompts=lines, prompts_file=prompt_path)
     models = {name: known.get(name, NONE) for name in ("model_folder", *WAN_FILES)}
     if any(inputs.get(name, NONE) is None for name in models):
-        model = dict.fromkeys(("folder", *(role for _, role in WAN_FILES.values())), LINKED)  # looked up when it runs
+        settings["model"] = dict.fromkeys(("folder", *(role for _, role in WAN_FILES.values())), LINKED)  # looked up when it runs
     else:
-        model = _model_files(key, models.pop("model_folder"), models)
-    reward = known.get("reward", "hps_v2.1")
-    chosen = [{"key": reward, "weight": known.get("reward_weight", 1.0)}]
+        settings["model"] = _model_files(key, models.pop("model_folder"), models)
+    settings["rewards"] = [{"key": known.get("reward", "hps_v2.1"), "weight": known.get("reward_weight", 1.0)}]
     if known.get("reward_2", NONE) != NONE:
-        chosen.append({"key": known["reward_2"], "weight": known.get("reward_2_weight", 1.0)})
-    settings = {RENAMED.get(name, name): known[name] for name in DIRECT if name in known}
+        settings["rewards"].append({"key": known["reward_2"], "weight": known.get("reward_2_weight", 1.0)})
     if known.get("shift"):  # 0: the model's own shift
         settings["shift"] = known["shift"]
-    config = TrainConfig.from_dict(dict(
-        family=key, model=model, rewards=chosen, reward_roots=[str(r) for r in reward_model_roots()], prompts=lines,
-        prompts_file=prompt_path, validation_prompts=_lines(known.get("validation_prompts", "")), **settings,
-    ))
-    lora_name = known.get("lora_name", "linked")  # any valid name: only the path's form is checked
-    export_to = _export_path(lora_name)
+    return settings
+
+
+def direct_settings(inputs: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """The inputs `names` that are config settings as they are (under the config's name where RENAMED says another)."""
+    return {RENAMED.get(name, name): inputs[name] for name in names if inputs.get(name) is not None}
+
+
+def train_config(inputs: dict[str, Any]) -> tuple[TrainConfig, Path]:
+    """The validated TrainConfig of Train Reward LoRA's inputs, and where the finished LoRA goes. Nothing is written."""
+    config = TrainConfig.from_dict(dict(**job_settings(inputs), **direct_settings(inputs, DIRECT),
+                                        validation_prompts=_lines(inputs.get("validation_prompts") or "")))
+    return config, lora_export_path(inputs)
+
+
+def lora_export_path(inputs: dict[str, Any]) -> Path:
+    """Where the LoRA a training node names goes (a linked name: any valid name, only the path's form is checked)."""
+    name = inputs.get("lora_name")
+    export_to = _export_path("linked" if name is None else name)
     if not export_to.name.removesuffix(".safetensors"):
         raise ValueError("lora_name: give the LoRA a file name")
-    return config, export_to
+    return export_to
 
 
 _WATCHED: set[str] = set()  # jobs a _watch thread follows
@@ -169,88 +185,98 @@ def _watch(job: Job, node_id: str | None) -> None:
         _WATCHED.discard(job.id)
 
 
-def _train_ui(job: Job, what: str) -> dict[str, list[str]]:
-    """What Train Reward LoRA shows: its job and where the job's progress shows (Training Status is the one place),
-    and the job id, by which the frontend extension tells this job's updates from those of the node's earlier jobs."""
-    return {"text": [f"training job {job.id} {what}\nits progress and results: Training Status"], "video_reward_job": [job.id]}
+def _job_ui(job: Job, what: str) -> dict[str, list[str]]:
+    """What a node that starts a job shows: its job and where the job's progress shows (Training Status is the one
+    place), and the job id, by which the frontend extension tells this job's updates from those of the node's earlier
+    jobs."""
+    kind = "preference-pair job" if is_pairs_job(job) else "training job"
+    return {"text": [f"{kind} {job.id} {what}\nits progress and results: Training Status"], "video_reward_job": [job.id]}
 
 
-def describe(job: Job, status: dict) -> str:
-    """One paragraph on where a job stands."""
-    lines = [f"job {job.id}: {status.get('state')} ({status.get('reason', '')})"]
-    if "max_steps" in status:
-        lines.append(f"step {status.get('step', 0)}/{status['max_steps']}")
-    if "shift" in status:
-        lines.append(f"sampling shift {status['shift']:g}, experts switch at timestep {status['boundary'] * 1000:g}")
-    metrics = job.metrics()
-    key, held, label = headline(metrics)
-    steps = [m for m in metrics if "loss" in m]
-    if steps:
-        last = steps[-1]
-        lines.append(f"loss {last['loss']:.5g}, {label} {last[key]:.5g}, grad norm {last['grad_norm']:.3g}, "
-                     f"{last['time']:.2f} s/step, peak memory {last['memory_mib']:.0f} MiB")
-    held_out = [m[held] for m in metrics if held in m]
-    if held_out:
-        lines.append(f"held-out {label}: {held_out[0]:.5g} at the start, {held_out[-1]:.5g} now")
-    return "\n".join(lines)
+def model_inputs(what: str) -> list[io.Input]:
+    """The family and model-file inputs of a node that starts a job (`what`: what the job does, for the tooltip)."""
+    return [
+        io.Combo.Input("family", options=list(FAMILIES), tooltip=f"The model family to {what}."),
+        io.Combo.Input("model_folder", options=_model_folders(), tooltip="CogVideoX-Fun / EasyAnimate: the model folder (models/CogVideoX_Fun or models/EasyAnimate)."),
+        io.Combo.Input("wan_high", options=_files("diffusion_models"), tooltip="Wan2.2: the high-noise expert (models/diffusion_models)."),
+        io.Combo.Input("wan_low", options=_files("diffusion_models"), tooltip="Wan2.2: the low-noise expert (models/diffusion_models)."),
+        io.Combo.Input("wan_vae", options=_files("vae"), tooltip="Wan2.2: the Wan 2.1 VAE (models/vae)."),
+        io.Combo.Input("wan_text_encoder", options=_files("text_encoders"), tooltip="Wan2.2: the UMT5-XXL text encoder (models/text_encoders)."),
+    ]
 
 
-class TrainRewardLoRA(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        defaults = TrainConfig(family="cogvideox", model={})
-        rewards = list(REWARDS)
-        return io.Schema(
-            node_id="TrainRewardLoRA",
-            display_name="Train Reward LoRA",
-            category=CATEGORY,
-            description="Starts a reward-backpropagation training job in its own process and returns its id at once. "
-            "The finished LoRA appears in the loras list under video_reward/.",
-            is_output_node=True,
-            inputs=[
-                io.Combo.Input("family", options=list(FAMILIES), tooltip="The model family to train a LoRA for."),
-                io.Combo.Input("model_folder", options=_model_folders(), tooltip="CogVideoX-Fun / EasyAnimate: the model folder (models/CogVideoX_Fun or models/EasyAnimate)."),
-                io.Combo.Input("wan_high", options=_files("diffusion_models"), tooltip="Wan2.2: the high-noise expert (models/diffusion_models)."),
-                io.Combo.Input("wan_low", options=_files("diffusion_models"), tooltip="Wan2.2: the low-noise expert (models/diffusion_models)."),
-                io.Combo.Input("wan_vae", options=_files("vae"), tooltip="Wan2.2: the Wan 2.1 VAE (models/vae)."),
-                io.Combo.Input("wan_text_encoder", options=_files("text_encoders"), tooltip="Wan2.2: the UMT5-XXL text encoder (models/text_encoders)."),
-                io.Combo.Input("expert", options=["low", "high"], default=defaults.expert, tooltip="Wan2.2: which expert the LoRA trains; the other runs frozen."),
-                io.Combo.Input("reward", options=rewards, default="hps_v2.1", tooltip="The reward to maximise (files in models/reward_models)."),
-                io.Float.Input("reward_weight", default=1.0, min=0.0, max=100.0, step=0.05, tooltip="Weight of the first reward in a mix."),
-                io.Combo.Input("reward_2", options=[NONE, *rewards], default=NONE, tooltip="Optional second reward; a mix uses normalised scores."),
-                io.Float.Input("reward_2_weight", default=1.0, min=0.0, max=100.0, step=0.05, tooltip="Weight of the second reward."),
-                io.String.Input("prompts", multiline=True, default="", tooltip="Training prompts, one per line (or use prompts_file)."),
-                io.Combo.Input("prompts_file", options=_prompt_files(), tooltip="A .txt (one prompt per line) or .jsonl ('prompt' key) file in ComfyUI's input folder."),
-                io.String.Input("validation_prompts", multiline=True, default="", tooltip="Held-out prompts, one per line, scored with fixed seeds to show progress."),
-                io.Int.Input("width", default=defaults.width, min=16, max=2048, step=16, tooltip="Training width (the seeds train at 256x256)."),
-                io.Int.Input("height", default=defaults.height, min=16, max=2048, step=16, tooltip="Training height."),
-                io.Int.Input("frames", default=defaults.frames, min=1, max=1025, step=4, tooltip="Frames per sample, 4k+1 (49 CogVideoX-Fun/EasyAnimate, 81 Wan)."),
-                io.Int.Input("sampling_steps", default=defaults.steps, min=1, max=1000, tooltip="Denoising steps per training sample."),
-                io.Float.Input("cfg", default=defaults.guidance, min=1.0, max=30.0, step=0.1, tooltip="Guidance while sampling for training (seeds: 6)."),
-                io.Float.Input("shift", default=0.0, min=0.0, max=100.0, step=0.01, tooltip="Wan2.2 only (0 for the other families): the flow-matching shift of the training samples. 0 follows the experts loaded, at their official values: 12 for T2V A14B, 5 for I2V and Fun A14B InP (Wan2.2's and VideoX-Fun's configs; ComfyUI's Wan2.2 templates sample at 8). Set the shift you will sample at, so that the switch from the high- to the low-noise expert falls where it will then."),
-                io.Combo.Input("strategy", options=list(STRATEGIES), default=defaults.strategy, tooltip="Which denoising steps carry gradients: last, tail (last K), uniform, random, list, or cutoff (VADER: a random step to the end)."),
-                io.Int.Input("backprop_steps", default=defaults.backprop_steps, min=1, max=1000, tooltip="K for tail / uniform / random."),
-                io.Int.Input("decoded_latents", default=defaults.decoded_latents, min=1, max=64, tooltip="Latent frames decoded for the reward (1 = the first frame, as the seeds)."),
-                io.Float.Input("learning_rate", default=defaults.learning_rate, min=1e-7, max=1.0, step=1e-6, tooltip="AdamW learning rate."),
-                io.Int.Input("rank", default=defaults.rank, min=1, max=1024, tooltip="LoRA rank (seeds: 128)."),
-                io.Float.Input("alpha", default=defaults.alpha, min=0.1, max=2048.0, step=1.0, tooltip="LoRA alpha (seeds: 64)."),
-                io.Int.Input("train_steps", default=defaults.max_steps, min=1, max=1_000_000, tooltip="Optimizer steps."),
-                io.Int.Input("checkpoint_every", default=defaults.checkpoint_every, min=1, max=1_000_000, tooltip="Steps between checkpoints (cancel also saves one)."),
-                io.Int.Input("seed", default=defaults.seed, min=0, max=MAX_SEED, control_after_generate=False, tooltip="Seed of the LoRA initialisation and of every step's noise and prompts."),
-                io.Boolean.Input("gradient_checkpointing", default=defaults.gradient_checkpointing, tooltip="Recompute activations in backward (much less memory, ~30% slower)."),
-                io.String.Input("lora_name", default="my_reward_lora", tooltip="File name of the finished LoRA (models/loras/video_reward/<name>.safetensors)."),
-            ],
-            outputs=[io.String.Output(display_name="job_id", tooltip="Connect to Training Status or Cancel Training.")],
-            hidden=[io.Hidden.unique_id],
-        )
+def reward_inputs(role: str) -> list[io.Input]:
+    """The reward-mix inputs (`role`: what the mix is for, for the tooltip)."""
+    rewards = list(REWARDS)
+    return [
+        io.Combo.Input("reward", options=rewards, default="hps_v2.1", tooltip=f"{role} (files in models/reward_models)."),
+        io.Float.Input("reward_weight", default=1.0, min=0.0, max=100.0, step=0.05, tooltip="Weight of the first reward in a mix."),
+        io.Combo.Input("reward_2", options=[NONE, *rewards], default=NONE, tooltip="Optional second reward; a mix uses normalised scores."),
+        io.Float.Input("reward_2_weight", default=1.0, min=0.0, max=100.0, step=0.05, tooltip="Weight of the second reward."),
+    ]
+
+
+def prompt_inputs(role: str) -> list[io.Input]:
+    return [
+        io.String.Input("prompts", multiline=True, default="", tooltip=f"{role}, one per line (or use prompts_file)."),
+        io.Combo.Input("prompts_file", options=_prompt_files(), tooltip="A .txt (one prompt per line) or .jsonl ('prompt' key) file in ComfyUI's input folder."),
+    ]
+
+
+def video_inputs(defaults: Any, role: str) -> list[io.Input]:
+    """The size and sampling inputs of a job that samples videos (`role`: which videos, for the tooltips)."""
+    return [
+        io.Int.Input("width", default=defaults.width, min=16, max=2048, step=16, tooltip=f"Width of the {role} (the seeds train at 256x256)."),
+        io.Int.Input("height", default=defaults.height, min=16, max=2048, step=16, tooltip=f"Height of the {role}."),
+        io.Int.Input("frames", default=defaults.frames, min=1, max=1025, step=4, tooltip="Frames per video, 4k+1 (49 CogVideoX-Fun/EasyAnimate, 81 Wan)."),
+        io.Int.Input("sampling_steps", default=defaults.steps, min=1, max=1000, tooltip=f"Denoising steps per video of the {role}."),
+        io.Float.Input("cfg", default=defaults.guidance, min=1.0, max=30.0, step=0.1, tooltip=f"Guidance while sampling the {role} (seeds: 6)."),
+        io.Float.Input("shift", default=0.0, min=0.0, max=100.0, step=0.01, tooltip=f"Wan2.2 only (0 for the other families): the flow-matching shift of the {role}. 0 follows the experts loaded, at their official values: 12 for T2V A14B, 5 for I2V and Fun A14B InP (Wan2.2's and VideoX-Fun's configs; ComfyUI's Wan2.2 templates sample at 8). Set the shift you will sample at, so that the switch from the high- to the low-noise expert falls where it will then."),
+    ]
+
+
+def lora_inputs(defaults: TrainConfig) -> list[io.Input]:
+    """The LoRA and optimisation inputs every training node has."""
+    return [
+        io.Float.Input("learning_rate", default=defaults.learning_rate, min=1e-7, max=1.0, step=1e-6, tooltip="AdamW learning rate."),
+        io.Int.Input("rank", default=defaults.rank, min=1, max=1024, tooltip="LoRA rank (seeds: 128)."),
+        io.Float.Input("alpha", default=defaults.alpha, min=0.1, max=2048.0, step=1.0, tooltip="LoRA alpha (seeds: 64)."),
+        io.Int.Input("train_steps", default=defaults.max_steps, min=1, max=1_000_000, tooltip="Optimizer steps."),
+        io.Int.Input("checkpoint_every", default=defaults.checkpoint_every, min=1, max=1_000_000, tooltip="Steps between checkpoints (cancel also saves one)."),
+        io.Int.Input("seed", default=defaults.seed, min=0, max=MAX_SEED, control_after_generate=False, tooltip="Seed of the LoRA initialisation and of every step's random draws."),
+        io.Boolean.Input("gradient_checkpointing", default=defaults.gradient_checkpointing, tooltip="Recompute activations in backward (much less memory, ~30% slower)."),
+        io.String.Input("lora_name", default="my_reward_lora", tooltip="File name of the finished LoRA (models/loras/video_reward/<name>.safetensors)."),
+    ]
+
+
+class JobNode(io.ComfyNode):
+    """A node that starts a job in its own process and returns its id at once; queueing the graph again finds the
+    job by where its result goes (the LoRA or dataset name), and resumes it when it failed or was cancelled."""
 
     @classmethod
-    def fingerprint_inputs(cls, lora_name: str, **_) -> str | float:
-        """Queueing again re-runs the node when its job failed or was cancelled (so it resumes); otherwise the
-        cached job id stands."""
-        job = job_exporting_to(jobs_root(), _export_path(lora_name))
+    def job_config(cls, inputs: dict[str, Any]) -> tuple[JobConfig, Path]:
+        """The validated config of the node's inputs and where the job's result goes; nothing is written."""
+        raise NotImplementedError
+
+    @classmethod
+    def export_path(cls, inputs: dict[str, Any]) -> Path:
+        return lora_export_path(inputs)
+
+    @classmethod
+    def outputs(cls, job: Job) -> tuple[Any, ...]:
+        """The node's outputs for `job` (by default its id)."""
+        return (job.id,)
+
+    @classmethod
+    def fingerprint_inputs(cls, **inputs) -> str | float:
+        """Queueing again re-runs the node when its job failed or was cancelled (so it resumes) or changed state;
+        otherwise the cached outputs stand."""
+        try:
+            job = job_exporting_to(jobs_root(), cls.export_path(inputs))
+        except ValueError as err:
+            return str(err)
         if job is None:
-            return lora_name
+            return str(cls.export_path(inputs))
         state = job.status().get("state", "")
         return time.time() if state in ("failed", "cancelled") else state
 
@@ -264,7 +290,7 @@ class TrainRewardLoRA(io.ComfyNode):
             if isinstance(value, (int, float)) and (low is not None and value < low or high is not None and value > high):
                 return f"{spec.id} must be between {low} and {high}, got {value}"
         try:
-            train_config(inputs)
+            cls.job_config(inputs)
         except (ValueError, FileNotFoundError, ModelFileError) as err:
             return str(err)
         return True
@@ -273,18 +299,50 @@ class TrainRewardLoRA(io.ComfyNode):
     def execute(cls, **inputs) -> io.NodeOutput:
         import comfy.model_management
 
-        config, export_to = train_config(inputs)
+        config, export_to = cls.job_config(inputs)
         job, action = open_job(jobs_root(), config, export_to, name=export_to.name.removesuffix(".safetensors"))
         if action == "keep":
             state = job.status().get("state")
             if state in ACTIVE:
                 _start_watch(job, cls.hidden.unique_id)
-            return io.NodeOutput(job.id, ui=_train_ui(job, f"is {state}"))
+            return io.NodeOutput(*cls.outputs(job), ui=_job_ui(job, f"is {state}"))
         comfy.model_management.unload_all_models()
         comfy.model_management.soft_empty_cache()
-        start(job)  # a new job, or a failed / cancelled one resumed from its last checkpoint
+        start(job)  # a new job, or a failed / cancelled one resumed from where it stopped
         _start_watch(job, cls.hidden.unique_id)
-        return io.NodeOutput(job.id, ui=_train_ui(job, STARTED[action]))
+        return io.NodeOutput(*cls.outputs(job), ui=_job_ui(job, STARTED[action]))
+
+
+class TrainRewardLoRA(JobNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        defaults = TrainConfig(family="cogvideox", model={})
+        return io.Schema(
+            node_id="TrainRewardLoRA",
+            display_name="Train Reward LoRA",
+            category=CATEGORY,
+            description="Starts a reward-backpropagation training job in its own process and returns its id at once. "
+            "The finished LoRA appears in the loras list under video_reward/.",
+            is_output_node=True,
+            inputs=[
+                *model_inputs("train a LoRA for"),
+                io.Combo.Input("expert", options=["low", "high"], default=defaults.expert, tooltip="Wan2.2: which expert the LoRA trains; the other runs frozen."),
+                *reward_inputs("The reward to maximise"),
+                *prompt_inputs("Training prompts"),
+                io.String.Input("validation_prompts", multiline=True, default="", tooltip="Held-out prompts, one per line, scored with fixed seeds to show progress."),
+                *video_inputs(defaults, "training samples"),
+                io.Combo.Input("strategy", options=list(STRATEGIES), default=defaults.strategy, tooltip="Which denoising steps carry gradients: last, tail (last K), uniform, random, list, or cutoff (VADER: a random step to the end)."),
+                io.Int.Input("backprop_steps", default=defaults.backprop_steps, min=1, max=1000, tooltip="K for tail / uniform / random."),
+                io.Int.Input("decoded_latents", default=defaults.decoded_latents, min=1, max=64, tooltip="Latent frames decoded for the reward (1 = the first frame, as the seeds)."),
+                *lora_inputs(defaults),
+            ],
+            outputs=[io.String.Output(display_name="job_id", tooltip="Connect to Training Status or Cancel Training.")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def job_config(cls, inputs: dict[str, Any]) -> tuple[TrainConfig, Path]:
+        return train_config(inputs)
 
 
 def _image(array: np.ndarray) -> torch.Tensor:
@@ -298,16 +356,17 @@ class TrainingStatus(io.ComfyNode):
             node_id="RewardTrainingStatus",
             display_name="Training Status",
             category=CATEGORY,
-            description="Where a training job stands: progress text, the loss and reward curves, the latest sample frames, "
-            "and the LoRA file once it has finished. Runs again on every queue.",
+            description="Where a job stands: progress text, the curves (a training job's loss and reward, a "
+            "preference-pair job's video scores), the latest frames, and the LoRA once a training job has finished. "
+            "Runs again on every queue.",
             is_output_node=True,
-            inputs=[io.String.Input("job_id", tooltip="From Train Reward LoRA (or a job folder name in output/video_reward_jobs).")],
+            inputs=[io.String.Input("job_id", tooltip="From Train Reward LoRA, Train DPO LoRA or Build Preference Pairs (or a job folder name in output/video_reward_jobs).")],
             outputs=[
                 io.String.Output(display_name="status", tooltip="Progress text."),
                 io.Image.Output(display_name="curves", tooltip="Training and held-out reward per step and the gradient norm "
                                 "(the loss too where it is not just −reward × scale)."),
                 io.Image.Output(display_name="samples", tooltip="First frames of the latest training samples."),
-                io.String.Output(display_name="lora_name", tooltip="The finished LoRA in the loras list ('' until finished)."),
+                io.Combo.Output(display_name="lora_name", tooltip="The finished LoRA in the loras list, for a LoRA loader's lora input; the nodes it feeds wait (skipped, no error) until the job has finished."),
                 io.String.Output(display_name="state", tooltip="queued, running, finished, failed or cancelled."),
             ],
         )
@@ -330,15 +389,13 @@ class TrainingStatus(io.ComfyNode):
             samples = _image(np.asarray(Image.open(samples_file).convert("RGB")))
         else:
             samples = torch.zeros(1, 64, 64, 3)
-        lora_name = ""
+        lora_name: str | ExecutionBlocker = ExecutionBlocker(None)  # the nodes it feeds wait, silently, for the LoRA
         if status.get("state") == "finished" and status.get("lora"):
             path = Path(status["lora"])
             for root in folder_paths.get_folder_paths("loras"):
                 if path.is_relative_to(root):
                     lora_name = path.relative_to(root).as_posix()
-        settings = job.settings()
-        curves = training_curves(job.metrics(), settings.get("loss", "negative"), settings.get("max_grad_norm"))
-        return io.NodeOutput(text, _image(curves), samples, lora_name, status.get("state", ""), ui=ui.PreviewText(text))
+        return io.NodeOutput(text, _image(job_curves(job)), samples, lora_name, status.get("state", ""), ui=ui.PreviewText(text))
 
 
 class CancelTraining(io.ComfyNode):
@@ -348,7 +405,8 @@ class CancelTraining(io.ComfyNode):
             node_id="CancelRewardTraining",
             display_name="Cancel Training",
             category=CATEGORY,
-            description="Asks a training job to stop; it saves a checkpoint after the current step (resume continues from it).",
+            description="Asks a job to stop: a training job saves a checkpoint after the current step, a preference-pair "
+            "job keeps the videos it has made; queueing its node again resumes it.",
             is_output_node=True,
             not_idempotent=True,
             inputs=[io.String.Input("job_id", tooltip="The job to cancel.")],

@@ -16,6 +16,7 @@ import numpy as np
 from .files import atomic_path
 
 if TYPE_CHECKING:
+    import torch
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
@@ -240,3 +241,10 @@ def _wrap(text: str, font, width: int, max_lines: int = 2) -> list[str]:
             line = line.rstrip("…")[:-1] + "…"
         fitted.append(line)
     return fitted
+
+
+def save_frames(frames: "torch.Tensor", path: Path, captions: Sequence[str] | None = None, columns: int | None = None) -> None:
+    """Frames `[N,3,H,W]` in 0..1 as one PNG grid (`frame_grid`: small frames enlarged, optional captions), written
+    atomically."""
+    pixels = (frames.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    save_png(frame_grid(pixels, captions, columns), path)

@@ -106,7 +106,7 @@ def test_bad_settings_are_refused_when_queued(tmp_path):
     folders = {"CogVideoX_Fun": models / "CogVideoX_Fun", "reward_models": models / "reward_models"}
     linked = {"9": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "a red ball"}}}
     cases = [({"frames": 50}, {}, "frames", "frames must be 4k+1 (e.g. 49), got 50"),
-             ({"prompts": " \n "}, {}, "prompts", "write training prompts"),
+             ({"prompts": " \n "}, {}, "prompts", "write prompts"),
              ({"frames": 50, "prompts": ["9", 0]}, linked, "frames", "got 50"),
              ({"width": 40}, {}, "width", "width and height must be positive multiples of 16, got 40x32"),
              ({"rank": 5000}, {}, "rank", "rank must be between 1 and 1024, got 5000")]

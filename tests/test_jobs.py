@@ -20,7 +20,8 @@ from video_reward_lora.training.methods.reward_backprop import RewardBackprop
 from video_reward_lora.training.config import TrainConfig
 from video_reward_lora.training.families.tiny import write_cogvideox_fun
 from video_reward_lora.training.jobs.jobs import Job, create_job, find_job, job_exporting_to, open_job, reuse
-from video_reward_lora.training.jobs.runner import run_job, save_image
+from video_reward_lora.reward.plot import save_frames
+from video_reward_lora.training.jobs.runner import run_job
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +123,7 @@ def test_every_write_leaves_nothing_behind_on_a_full_disk(models, tmp_path, monk
     refused(safetensors.torch, "save_file", 1, lambda: trainer.save(checkpoint), after=1)  # the LoRA fits, the state not
     refused(safetensors.torch, "save_file", 1, lambda: trainer.save(job.checkpoints / "step-000001"))
     assert {p.name: p.read_bytes() for p in checkpoint.iterdir()} == saved and job.latest_checkpoint() == checkpoint
-    refused(Image.Image, "save", 1, lambda: save_image(torch.rand(2, 3, 8, 8), job.samples / "latest.png"))
+    refused(Image.Image, "save", 1, lambda: save_frames(torch.rand(2, 3, 8, 8), job.samples / "latest.png"))
     refused(shutil, "copyfile", 1, lambda: jobs.export_lora(job))
 
     with monkeypatch.context() as patch:  # metrics: a line the disk cut part-way is cut off again

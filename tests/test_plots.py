@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from video_reward_lora.reward.plot import (Panel, Series, draw_panels, ema, frame_grid, panels_figure, score_panel,
+from video_reward_lora.reward.plot import (Panel, Series, draw_panels, ema, frame_grid, panels_figure, save_frames, score_panel,
                                            typical_limits)
 from video_reward_lora.reward.tiny import write_reward_models
 from video_reward_lora.training.config import TrainConfig
 from video_reward_lora.training.curves import curve_panels, training_curves
 from video_reward_lora.training.families.tiny import write_cogvideox_fun
-from video_reward_lora.training.jobs.runner import save_image
 
 HPS_NORM = (0.27, 0.02)
 
@@ -124,9 +123,9 @@ def test_frame_grid_enlarges_small_frames_and_lays_them_out_in_rows():
     assert captioned.shape[0] > 256 + 2 * gap and (captioned[gap : gap + 18] < 100).any()  # text above the tiles
 
 
-def test_save_image_writes_the_grid_atomically(tmp_path):
+def test_save_frames_writes_the_grid_atomically(tmp_path):
     path = tmp_path / "samples" / "latest.png"
-    save_image(torch.rand(3, 3, 64, 64), path, ["a", "b", "c"], columns=3)
+    save_frames(torch.rand(3, 3, 64, 64), path, ["a", "b", "c"], columns=3)
     from PIL import Image
 
     with Image.open(path) as image:

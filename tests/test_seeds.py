@@ -11,7 +11,7 @@ import torch
 from video_reward_lora.reward.composite import select_frames
 from video_reward_lora.reward.seeds import MAX_SEED, derive_seed, seeded_generator
 from video_reward_lora.training.engine.engine import step_generator
-from video_reward_lora.training.methods.reward_backprop import held_out_generator
+from video_reward_lora.training.engine.engine import held_out_generator
 from video_reward_lora.training.config import TrainConfig
 
 # 181_011_380 is the first seed the former formula ((seed*1_000_003 + step)*1_009 + micro)*101 + rank overflowed at

@@ -104,8 +104,9 @@ class TrainConfig:
     dpo_alpha: float | None = None  # the pairs' re-weighting exponent α; None: the dataset's own
     validation_pairs: int = 0  # dpo: the dataset's last pairs, held out of training for the implicit-accuracy evaluation
 
-    def validate(self) -> "TrainConfig":
-        """Raise ValueError naming the first setting that cannot work (and what it allows); nothing is loaded."""
+    def validate(self, dataset: bool = True) -> "TrainConfig":
+        """Raise ValueError naming the first setting that cannot work (and what it allows); nothing is loaded. With
+        `dataset` False a dpo config's dataset is not read (it does not exist yet: a node makes it first)."""
         check_types(self)
         check_model(self.family, self.model)
         check_rewards(self.rewards)
@@ -136,7 +137,7 @@ class TrainConfig:
             raise ValueError("the 8-bit AdamW optimizer does not work on FSDP-sharded weights; use adamw with fsdp")
         if self.vae_gradient_checkpointing and self.family != "cogvideox":
             raise ValueError(f"VAE gradient checkpointing works for the CogVideoX VAE only; {self.family}'s VAE does not support it")
-        if self.method == "dpo":
+        if self.method == "dpo" and dataset:
             self.preference_dataset()
         return self
 

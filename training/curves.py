@@ -16,8 +16,13 @@ HEADLINES = (("reward", "val_reward", "reward"), ("implicit_accuracy", "val_impl
 
 
 def headline(metrics: Sequence[dict[str, Any]]) -> tuple[str, str, str]:
-    """(step metric, held-out metric, label) of the method whose metrics these are (reward when none is there yet)."""
-    return next((h for h in HEADLINES if any(h[0] in m or h[1] in m for m in metrics)), HEADLINES[0])
+    """(step metric, held-out metric, label) of the method whose metrics these are: the one whose step metric is
+    there, else whose held-out metric is (a DPO run also records the held-out reward), else reward."""
+    for index in (0, 1):
+        for found in reversed(HEADLINES):
+            if any(found[index] in m for m in metrics):
+                return found
+    return HEADLINES[0]
 
 
 def curve_panels(metrics: Sequence[dict[str, Any]], loss: str = "negative", max_grad_norm: float | None = None) -> list[Panel]:
@@ -26,8 +31,9 @@ def curve_panels(metrics: Sequence[dict[str, Any]], loss: str = "negative", max_
 
     The first panel is the method's headline metric (`headline`) on training batches and held-out data. With reward
     backpropagation's `negative` loss (the default) the loss is `−reward·scale`, an exact mirror of the training reward,
-    so it gets no panel of its own; the reward panel says so. DPO's loss is drawn. The `target` loss `|reward − target|·scale` is not a function
-    of the batch's mean reward, so it is drawn. The gradient norm (before clipping, with the threshold) is what the
+    so it gets no panel of its own; the reward panel says so. DPO's loss is drawn, and its held-out reward where the
+    run scores validation prompts. The `target` loss `|reward − target|·scale` is not a function of the batch's mean
+    reward, so it is drawn. The gradient norm (before clipping, with the threshold) is what the
     loss adds: whether updates are clipped, vanish as the reward saturates, or spike before a divergence."""
     key, held, label = headline(metrics)
     steps = [m for m in metrics if "loss" in m]
@@ -39,6 +45,10 @@ def curve_panels(metrics: Sequence[dict[str, Any]], loss: str = "negative", max_
         [Series(f"training {label}", [m[key] for m in steps], x),
          Series(f"held-out {label}", [m[held] for m in held_out], [m["step"] for m in held_out], points=True)],
         label + (" (loss = −reward × scale)" if mirror else ""), "step", label, empty_text=waiting)]
+    rewards = [m for m in metrics if "val_reward" in m]
+    if key != "reward" and rewards:  # DPO judged by the reward mix on held-out prompts too
+        panels.append(Panel([Series("held-out reward", [m["val_reward"] for m in rewards], [m["step"] for m in rewards],
+                                    points=True)], "reward of held-out prompts' samples", "step", "reward"))
     if not mirror:
         panels.append(Panel([Series("loss", [m["loss"] for m in steps], x)], "loss", "step",
                             "|reward − target| × scale" if key == "reward" else "DPO loss", empty_text=waiting))

@@ -17,15 +17,16 @@ from pathlib import Path
 
 import torch
 
-from ..reward.plot import save_png
+from ..reward.plot import save_frames, save_png
 from ..reward.quiet import quiet_libraries
 from ..reward.tiny import write_reward_models
-from .methods.reward_backprop import RewardBackprop, held_out_generator
+from .engine.engine import held_out_generator
+from .methods.reward_backprop import RewardBackprop
 from .config import TrainConfig
 from .curves import training_curves
 from .families.tiny import write_cogvideox_fun
 from .jobs.jobs import create_job
-from .jobs.runner import run_job, save_image
+from .jobs.runner import run_job
 
 PROMPTS = ["a red ball rolling across a sunny field", "a cat on a blue sofa", "a dog running on the beach at dusk",
            "a field of flowers in the wind", "a city street at night in the rain", "a sailing boat on a calm lake"]
@@ -74,7 +75,7 @@ def run(output: Path, steps: int) -> tuple[float, float]:
     save_png(training_curves(metrics, config.loss, config.max_grad_norm), output / "curves.png")
     frames = torch.cat([first_frames(config, None), first_frames(config, job.latest_checkpoint())])
     captions = [f"{when}: {prompt}" for when in ("before", "after") for prompt in HELD_OUT]
-    save_image(frames, output / "before_after.png", captions, columns=len(HELD_OUT))
+    save_frames(frames, output / "before_after.png", captions, columns=len(HELD_OUT))
     print(f"LoRA: {job.lora}\ncurves: {output / 'curves.png'}  first frames (top: before, bottom: after): "
           f"{output / 'before_after.png'}  ({time.perf_counter() - started:.0f} s)")
     return before, after

@@ -17,10 +17,10 @@ size, gradient checkpointing off. What one step does:
 
 So DPO's time is about three transformer passes at batch 2 (two forward, one backward) against the backprop's `--steps`
 forward passes plus a backward, a VAE decode and a reward; its memory holds one transformer graph and no VAE or reward
-graph. Each (family, method) runs in a fresh process; the peak resident memory is reset after the warm-up step
-(glibc's malloc_trim, then /proc/self/clear_refs; Linux), so "peak MiB" is the process's peak over the timed steps (models, optimizer state and
-activations) and "step MiB" that peak less the resident memory before the steps (what a step adds). s/step is the
-median of `--repeats` steps' time (Engine.train_step's "time") after one warm-up step.
+graph. Each (family, method) runs in a fresh process; the peak resident memory is reset after the warm-up step (glibc's
+malloc_trim, then /proc/self/clear_refs; Linux), so "peak MiB" is the process's peak over the timed steps (models,
+optimizer state and activations) and "step MiB" that peak less the resident memory before the steps (what a step
+adds). s/step is the median of `--repeats` steps' time (Engine.train_step's "time") after one warm-up step.
 """
 from __future__ import annotations
 

@@ -36,6 +36,8 @@ ADAPTER = "reward_train"
 # The first key under the config's seed of the micro-batch draws; a method keys its other kinds of draw from 1 on, so
 # that no two kinds share a stream: (STEP_DRAWS, step, micro-batch, process) seeds `MicroBatch.generator`
 STEP_DRAWS = 0
+# (HELD_OUT_NOISE, index): the noise of held-out prompt `index`, the same at every evaluation and for every method
+HELD_OUT_NOISE = 2
 
 
 class TrainingDiverged(RuntimeError):
@@ -45,6 +47,11 @@ class TrainingDiverged(RuntimeError):
 def step_generator(seed: int, step: int, micro: int = 0, rank: int = 0) -> torch.Generator:
     """The generator of a training micro-batch's random draws."""
     return seeded_generator(seed, STEP_DRAWS, step, micro, rank)
+
+
+def held_out_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of held-out prompt `index`'s noise."""
+    return seeded_generator(seed, HELD_OUT_NOISE, index)
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -133,6 +140,10 @@ class Engine(ABC):
     def validating(self) -> bool:
         """Whether the job evaluates held-out data (by default: when the config gives validation prompts)."""
         return bool(self.config.validation_prompts)
+
+    def validation(self) -> dict[str, float]:
+        """The held-out scores to record, by metric name (by default `evaluate`'s on the validation prompts)."""
+        return {self.validation_key: self.evaluate(self.config.validation_prompts)}
 
     def _optimizer(self) -> torch.optim.Optimizer:
         c = self.config

@@ -10,13 +10,10 @@ import traceback
 import uuid
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Sequence
-
-import numpy as np
 import torch
 
 from ...reward.files import atomic_path, write_text_atomic
-from ...reward.plot import frame_grid, save_png
+from ...reward.plot import save_frames
 from ..build import resolve_device, resolve_dtype
 from ..config import TrainConfig
 from ..curves import headline
@@ -34,13 +31,6 @@ KEEP_CHECKPOINTS = 3
 METHODS: dict[str, type[RewardBackprop] | type[DiffusionDPO]] = {"reward_backprop": RewardBackprop, "dpo": DiffusionDPO}
 OUT_OF_MEMORY_HINT = ("lower the size, frames or rank, keep gradient checkpointing on, decode fewer latents, or train "
                       "fewer steps with gradients")
-
-
-def save_image(frames: torch.Tensor, path: Path, captions: Sequence[str] | None = None, columns: int | None = None) -> None:
-    """Frames `[N,3,H,W]` in 0..1 as one PNG grid (`reward.plot.frame_grid`: small frames enlarged, optional
-    captions), written atomically."""
-    pixels = (frames.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    save_png(frame_grid(pixels, captions, columns), path)
 
 
 def _wait_for_gpu(job: Job, accelerator) -> AbstractContextManager | None:
@@ -151,9 +141,9 @@ def _train(job: Job, config: TrainConfig, accelerator) -> str:
             job.truncate_metrics(trainer.step)
             print(f"resumed from {latest.name}", flush=True)
     if trainer.step == 0 and trainer.validating():  # every process evaluates: sharded weights need them all
-        score = trainer.evaluate(config.validation_prompts)
+        scores = trainer.validation()
         if main:
-            job.append_metrics({"step": 0, trainer.validation_key: score})
+            job.append_metrics({"step": 0, **scores})
     bar = tqdm(total=config.max_steps, initial=trainer.step, desc=f"training {job.id}", disable=not main)
     while trainer.step < config.max_steps:
         if _cancelled(job, accelerator):
@@ -165,7 +155,7 @@ def _train(job: Job, config: TrainConfig, accelerator) -> str:
         record = trainer.train_step()
         last = trainer.step == config.max_steps
         if trainer.validating() and (trainer.step % config.validation_every == 0 or last):
-            record[trainer.validation_key] = trainer.evaluate(config.validation_prompts)
+            record.update(trainer.validation())
         shown = headline([record])[0]  # the method's headline metric, beside the loss
         if main:
             job.append_metrics(record)
@@ -173,7 +163,7 @@ def _train(job: Job, config: TrainConfig, accelerator) -> str:
             _checkpoint(job, trainer)
         if main:
             if trainer.last_frames is not None and (trainer.step % config.sample_every == 0 or last or trainer.step == 1):
-                save_image(trainer.last_frames, job.samples / "latest.png")
+                save_frames(trainer.last_frames, job.samples / "latest.png")
                 with atomic_path(job.samples / f"step-{trainer.step:06d}.png") as copy:
                     shutil.copyfile(job.samples / "latest.png", copy)
             job.set_status("running", f"step {trainer.step}/{config.max_steps}", step=trainer.step,

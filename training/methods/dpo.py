@@ -17,15 +17,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ...reward.composite import CompositeReward
 from ...reward.seeds import seeded_generator
-from ..build import load_family
+from ..build import load_family, load_reward_mix
 from ..config import TrainConfig
 from ..distributed.sharding import wants_fsdp
-from ..engine.engine import Engine, MicroBatch
+from ..engine.engine import Engine, MicroBatch, held_out_generator
 from ..families.base import VideoFamily
 from ..lora.adapters import disabled
 from ..preference.dataset import PreferenceDataError, PreferenceDataset, PreferencePair
 from ..preference.video import read_mp4
+from ..scored import scored_sample
 
 DEFAULT_BETA = 5000.0  # VideoDPO's configs/vc2_dpo/config.yaml
 PREDICTION_TYPES = ("epsilon", "v_prediction", "flow")
@@ -181,12 +183,15 @@ def clip_latents(family: VideoFamily, data: PreferenceDataset, config: TrainConf
 
 
 class DiffusionDPO(Engine):
-    """A LoRA on one transformer of `family`, trained by Diffusion-DPO on a preference dataset's pairs; the dataset's
-    last `validation_pairs` pairs are held out for evaluation."""
+    """A LoRA on one transformer of `family`, trained by Diffusion-DPO on a preference dataset's pairs. Held out: the
+    dataset's last `validation_pairs` pairs (implicit accuracy), and with a `reward` the validation prompts, sampled
+    from fixed noise and scored whole with it (the held-out reward)."""
 
     validation_key = "val_implicit_accuracy"
 
-    def __init__(self, config: TrainConfig, family: VideoFamily, data: PreferenceDataset, accelerator: Any = None) -> None:
+    def __init__(self, config: TrainConfig, family: VideoFamily, data: PreferenceDataset, accelerator: Any = None,
+                 reward: CompositeReward | None = None) -> None:
+        self.reward = reward
         split = len(data.pairs) - config.validation_pairs
         self.pairs, self.held_out = data.pairs[:split], data.pairs[split:]
         self.latents = clip_latents(family, data, config)
@@ -207,13 +212,19 @@ class DiffusionDPO(Engine):
 
     @classmethod
     def for_job(cls, config: TrainConfig, dtype: torch.dtype, device: torch.device, accelerator: Any = None) -> "DiffusionDPO":
-        """A trainer for a job process: the dataset read and checked before any model loads, the pairs' captions
-        embedded once and the text encoders freed."""
+        """A trainer for a job process: the dataset read and checked before any model loads, the pairs' captions (and
+        the validation prompts) embedded once and the text encoders freed; with validation prompts, the reward mix
+        that scores them."""
         data = config.preference_dataset()
+        reward = None
+        if config.validation_prompts:
+            reward = load_reward_mix(config.rewards, config.reward_roots, dtype, device)
         family = load_family(config, dtype, device, sharded=wants_fsdp(config.fsdp, accelerator))
         family.encode(list(dict.fromkeys(pair.caption for pair in data.pairs)))
+        if config.validation_prompts:
+            family.encode(list(dict.fromkeys([*config.validation_prompts, config.negative_prompt])))
         family.release_text_encoders()
-        return cls(config, family, data, accelerator)
+        return cls(config, family, data, accelerator, reward)
 
     def _result(self, pairs: list[PreferencePair], generator: torch.Generator) -> DPOResult:
         """The DPO loss and metrics of `pairs` at one drawn timestep, winners and losers sharing one drawn noise."""
@@ -243,7 +254,22 @@ class DiffusionDPO(Engine):
                              "drift": result.drift}
 
     def validating(self) -> bool:
-        return bool(self.held_out)
+        return bool(self.held_out) or self.reward is not None and bool(self.config.validation_prompts)
+
+    def validation(self) -> dict[str, float]:
+        scores = {self.validation_key: self.evaluate([])} if self.held_out else {}
+        if self.reward is not None and self.config.validation_prompts:
+            scores["val_reward"] = self.held_out_reward(self.config.validation_prompts)
+        return scores
+
+    def held_out_reward(self, prompts: list[str]) -> float:
+        """The mean reward of `prompts`, each sampled (every frame decoded) from its fixed held-out noise."""
+        scores = []
+        for index, prompt in enumerate(prompts):
+            with self.autocast:
+                made = scored_sample(self.family, self.reward, prompt, self.config, held_out_generator(self.config.seed, index))
+            scores.append(made.score)
+        return sum(scores) / len(scores)
 
     @torch.no_grad()
     def evaluate(self, prompts: list[str]) -> float:

@@ -9,11 +9,11 @@ from typing import Any
 import torch
 
 from ...reward.composite import reward_loss, select_frames
-from ...reward.seeds import derive_seed, seeded_generator
+from ...reward.seeds import derive_seed
 from ..build import RewardObjective, load_family, load_objective
 from ..config import TrainConfig, read_prompts
 from ..distributed.sharding import wants_fsdp
-from ..engine.engine import Engine, MicroBatch
+from ..engine.engine import Engine, MicroBatch, held_out_generator
 from ..families.base import VideoFamily
 from ..sampler import sample
 from ..steps import grad_steps
@@ -21,13 +21,7 @@ from ..steps import grad_steps
 # The first keys under the config's seed of this method's kinds of random draw (0 is the engine's micro-batch draws:
 # a micro-batch's prompts, noise and steps with gradients):
 STEP_FRAMES = 1  # (STEP_FRAMES, step, micro-batch, process): the frames a micro-batch scores
-HELD_OUT_DRAWS = 2  # (HELD_OUT_DRAWS, index): the noise of held-out prompt `index`, the same at every evaluation
-HELD_OUT_FRAMES = 3  # (HELD_OUT_FRAMES, index): the frames scored for it
-
-
-def held_out_generator(seed: int, index: int) -> torch.Generator:
-    """The generator of held-out prompt `index`'s noise (the same at every evaluation)."""
-    return seeded_generator(seed, HELD_OUT_DRAWS, index)
+HELD_OUT_FRAMES = 3  # (HELD_OUT_FRAMES, index): the frames scored for held-out prompt `index` (its noise: engine's)
 
 
 class RewardBackprop(Engine):

@@ -16,14 +16,16 @@ from typing import Any, Callable
 import torch
 
 from ...reward.files import atomic_folder
+from ...reward.plot import save_frames
 from ...reward.seeds import seeded_generator
 from ..build import load_family, load_reward_mix
-from ..sampler import sample
+from ..scored import scored_sample
 from .config import PairsConfig
 from .dataset import DatasetInfo, NewClip, PreferenceDataError, clip_path, write_clip, write_index
 from .pairs import ScoredPair, choose_pairs
 
 WORK_FOLDER = "dataset"  # in the job folder: the dataset as it grows
+SAMPLE_FRAMES = 4  # evenly spaced frames of the latest video, shown by Training Status
 
 
 class Cancelled(Exception):
@@ -104,17 +106,16 @@ def _make_video(job: Any, config: PairsConfig, family: Any, reward: Any, info: D
         job.set_status("running", f"video {done + 1}/{total}, step {step}/{steps}", video=done, videos=total)
 
     index = video_index(p, n, config.videos_per_prompt)
-    with torch.no_grad():
-        latents = sample(family, [prompt], config.negative_prompt, config.frames, config.height, config.width, config.steps,
-                         config.guidance, seeded_generator(config.seed, p, n), callback=progress)
-        frames = family.decode(latents)[0].float()
-        raw = reward.per_model(frames, prompt)
-        score = float(reward.combine(raw).mean())
-    write_clip(job.path / WORK_FOLDER, index, NewClip(frames.cpu(), prompt, latents[0].float().cpu()), info)
-    record = {"clip": index, "prompt": p, "video": n, "score": score,
-              "scores": {term.model.label: float(r.mean()) for term, r in zip(reward.terms, raw)}}
+    made = scored_sample(family, reward, prompt, config, seeded_generator(config.seed, p, n), progress)
+    write_clip(job.path / WORK_FOLDER, index, NewClip(made.frames.cpu(), prompt, made.latents.float().cpu()), info)
+    record = {"clip": index, "prompt": p, "video": n, "score": made.score,
+              "scores": {term.model.label: float(r.mean()) for term, r in zip(reward.terms, made.raw)}}
     job.append_metrics(record)
-    job.set_status("running", f"video {done + 1}/{total} made (score {score:.4g})", video=done + 1, videos=total)
+    shown = torch.linspace(0, len(made.frames) - 1, min(SAMPLE_FRAMES, len(made.frames))).round().long()
+    save_frames(made.frames[shown], job.samples / "latest.png",
+                [f"video {n + 1} of '{prompt}', score {made.score:.4g}" if i == 0 else f"frame {int(f) + 1}"
+                 for i, f in enumerate(shown)], columns=len(shown))
+    job.set_status("running", f"video {done + 1}/{total} made (score {made.score:.4g})", video=done + 1, videos=total)
     return record
 
 

@@ -313,3 +313,20 @@ def read_dataset(folder: Path, family: str | None = None, clip_format: ClipForma
     expected = clip_format or (info.clip_format if info else None)
     _check_formats(clips, expected, "the training" if clip_format else str(folder / DATASET_FILE))
     return PreferenceDataset(folder, info, clips, pairs)
+
+
+def dataset_format(folder: Path) -> ClipFormat:
+    """The frame count and size of a dataset's clips: dataset.json's, or the first clip's (a VideoDPO folder)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PreferenceDataError(f"the preference dataset {folder} does not exist")
+    info, _ = _read_info(folder)
+    if info is not None:
+        return info.clip_format
+    clips = _read_clips(folder, None, [])
+    if not clips:
+        raise PreferenceDataError(f"{folder / METADATA_FILE} lists no clips")
+    try:
+        return probe_mp4(clips[0].path)
+    except ClipError as err:
+        raise PreferenceDataError(str(err)) from err
