@@ -140,3 +140,12 @@ def test_an_existing_dataset_folder_is_never_overwritten(models, built, tmp_path
     assert run_job(job.path) == "failed"
     assert "exists already; choose another dataset name" in job.status()["reason"]
     assert (Path(config.dataset) / "pair.json").read_bytes() == before
+
+
+def test_a_pair_job_whose_process_died_reads_as_failed_and_resumable(models, tmp_path):
+    config = pairs_config(models, tmp_path / "d")
+    job = create_job(tmp_path / "jobs", config, Path(config.dataset))
+    job.set_status("running", "video 2/9", pid=2**22 + 12345)  # no such process
+    status = job.status()
+    assert status["state"] == "failed" and status["resumable"]
+    assert status["reason"].endswith("resume continues from the videos not made yet")

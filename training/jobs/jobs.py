@@ -112,8 +112,9 @@ class Job:
             step = self.latest_checkpoint_step()
             what = ("the job process stopped without finishing (killed or crashed)" if status.get("pid")
                     else "the job was never started (its start was interrupted)")
-            status = {**status, "state": "failed", "resumable": True,
-                      "reason": f"{what}; resume continues from " + (f"the checkpoint at step {step}" if step else "the start")}
+            where = (f"the checkpoint at step {step}" if step else "the start") if self.settings().get("kind") != PAIRS \
+                else "the videos not made yet"
+            status = {**status, "state": "failed", "resumable": True, "reason": f"{what}; resume continues from {where}"}
         return status
 
     def append_metrics(self, record: dict[str, Any]) -> None:
