@@ -41,7 +41,11 @@ def _video(images: torch.Tensor) -> torch.Tensor:
 def _chart(reward: torch.nn.Module, result: VideoScore) -> torch.Tensor:
     """Score Video's plot as an IMAGE; a single reward's chart uses its typical range, so two videos' charts share it."""
     spec = getattr(reward, "spec", None)
-    panel = score_panel(reward.label, result.frame_indices, result.frame_scores, spec.norm if spec is not None else None)
+    if result.whole_clip:  # one score for the clip: drawn across it
+        indices, scores = [result.frame_indices[0], result.frame_indices[-1]], [result.score] * 2
+    else:
+        indices, scores = result.frame_indices, result.frame_scores
+    panel = score_panel(reward.label, indices, scores, spec.norm if spec is not None else None)
     return torch.from_numpy(draw_panels([panel])).float().div(255.0).unsqueeze(0)
 
 
@@ -67,13 +71,14 @@ class LoadRewardModel(io.ComfyNode):
                 io.Combo.Input(
                     "checkpoint", options=entries, default=AUTO,
                     tooltip="The model's weights in models/reward_models. 'auto' uses the official name: "
-                    + "; ".join(f"{s.label}: {s.checkpoint}" for s in REWARDS.values()),
+                    + "; ".join(f"{s.label}: {s.checkpoint}" for s in REWARDS.values() if s.checkpoint),
                 ),
                 io.Combo.Input(
                     "encoder", options=entries, default=AUTO,
                     tooltip="The tokenizer folder (HPS, PickScore, MPS) or image-encoder folder (aesthetic) in "
                     "models/reward_models. 'auto' uses the official name: "
-                    + "; ".join(f"{s.label}: {s.encoder}" for s in REWARDS.values()),
+                    + "; ".join(f"{s.label}: {s.encoder}" for s in REWARDS.values() if s.encoder)
+                    + ". Flicker and dynamism use no files",
                 ),
                 io.Combo.Input(
                     "precision", options=list(PRECISIONS), default="auto",

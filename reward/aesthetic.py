@@ -100,16 +100,20 @@ def load_aesthetic_v2(head_file: Path, clip_folder: Path, dtype: torch.dtype, la
     return AestheticReward(backbone, head, "image_embeds", Preprocess("resize_crop", size, crop_offset="round"), label)
 
 
-def load_aesthetic_v25(head_file: Path, siglip_folder: Path, dtype: torch.dtype, label: str) -> AestheticReward:
+def load_siglip_tower(folder: Path, dtype: torch.dtype, label: str) -> tuple[nn.Module, Preprocess]:
+    """The SigLIP vision tower of a siglip-so400m-patch14-384 folder, loaded strictly, and its image pipeline."""
     from transformers import SiglipVisionModel
 
-    config = folder_config(siglip_folder, label)
+    config = folder_config(folder, label)
     if config.get("model_type") not in ("siglip", "siglip_vision_model"):
         raise ModelFileError(
-            f"{siglip_folder.name} holds a '{config.get('model_type')}' model; {label} needs siglip-so400m-patch14-384"
+            f"{folder.name} holds a '{config.get('model_type')}' model; {label} needs siglip-so400m-patch14-384"
         )
-    backbone = load_strict(SiglipVisionModel, siglip_folder, dtype, label, ignore_unexpected=("text_", "logit_"))
+    backbone = load_strict(SiglipVisionModel, folder, dtype, label, ignore_unexpected=("text_", "logit_"))
+    return backbone, Preprocess("squash", backbone.config.image_size, SIGLIP_MEAN, SIGLIP_STD)
+
+
+def load_aesthetic_v25(head_file: Path, siglip_folder: Path, dtype: torch.dtype, label: str) -> AestheticReward:
+    backbone, preprocess = load_siglip_tower(siglip_folder, dtype, label)
     head = _load_head(head_file, backbone.config.hidden_size, V25_HEAD, "scoring_head.", dtype, label)
-    size = backbone.config.image_size
-    preprocess = Preprocess("squash", size, SIGLIP_MEAN, SIGLIP_STD)
     return AestheticReward(backbone, head, "pooler_output", preprocess, label)

@@ -34,6 +34,11 @@ def select_frames(num_frames: int, mode: FrameMode = "all", count: int = 1, seed
     raise ValueError(f"unknown frame selection '{mode}'; choose one of {', '.join(FRAME_MODES)}")
 
 
+def is_clip_reward(model: nn.Module) -> bool:
+    """Whether `model` scores whole clips (one score `[1]`, frames of its own choice) rather than single frames."""
+    return getattr(model, "per_clip", False) is True
+
+
 def reward_loss(rewards: torch.Tensor, form: LossForm = "negative", target: float = 1.0, scale: float = 1.0) -> torch.Tensor:
     """Batch-mean loss from per-video rewards: `-r * scale`, or `|r - target| * scale`."""
     if form == "negative":
@@ -54,7 +59,11 @@ class RewardTerm:
 
 
 class CompositeReward(nn.Module):
-    """A weighted sum of normalised rewards, with the same call as a single reward: `(frames, prompt) -> [F]`."""
+    """A weighted sum of normalised rewards, with the same call as a single reward: `(frames, prompt) -> [F]`.
+
+    A clip reward's `[1]` broadcasts over the frame rewards' `[F]`, so the mean over frames of the mix is the weighted
+    sum of each frame reward's normalised frame mean and each clip reward's normalised clip score (a mix of clip
+    rewards only gives `[1]`)."""
 
     uses_prompt = True
 
@@ -69,15 +78,21 @@ class CompositeReward(nn.Module):
         self.models = nn.ModuleList(term.model for term in terms)
         self.label = " + ".join(f"{t.weight:g}*{t.model.label}" for t in terms)
 
-    def per_model(self, frames: torch.Tensor, prompt: str) -> list[torch.Tensor]:
-        """Each model's raw per-frame scores, in the order of the terms."""
-        return [term.model(frames, prompt) for term in self.terms]
+    def terms_per_clip(self) -> list[bool]:
+        """Whether each term, in order, is a clip reward (it takes the whole clip; frame selection is not for it)."""
+        return [is_clip_reward(term.model) for term in self.terms]
+
+    def per_model(self, frames: torch.Tensor, prompt: str, frame_indices: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """Each model's raw scores, in the order of the terms: a frame reward scores `frames[frame_indices]` (all
+        frames when None), a clip reward the whole clip."""
+        picked = frames if frame_indices is None else frames[list(frame_indices)]
+        return [term.model(frames if clip else picked, prompt) for term, clip in zip(self.terms, self.terms_per_clip())]
 
     def combine(self, raw: Sequence[torch.Tensor]) -> torch.Tensor:
         return sum(t.weight * (r - t.mean) / t.std for t, r in zip(self.terms, raw))
 
-    def forward(self, frames: torch.Tensor, prompt: str = "") -> torch.Tensor:
-        return self.combine(self.per_model(frames, prompt))
+    def forward(self, frames: torch.Tensor, prompt: str = "", frame_indices: Sequence[int] | None = None) -> torch.Tensor:
+        return self.combine(self.per_model(frames, prompt, frame_indices))
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         for term in self.terms:

@@ -12,6 +12,8 @@ from .base import DEFAULT_MICRO_BATCH
 from .files import ModelFileError, resolve_inside
 
 CLIP_H_TOKENIZER = "CLIP-ViT-H-14-laion2B-s32B-b79K"
+SIGLIP_SO400M = "siglip-so400m-patch14-384"
+SIGLIP_SO400M_SOURCE = "https://huggingface.co/google/siglip-so400m-patch14-384 (config.json, model.safetensors)"
 CLIP_H_TOKENIZER_SOURCE = (
     "https://huggingface.co/laion/CLIP-ViT-H-14-laion2B-s32B-b79K (the tokenizer files: tokenizer.json, "
     "vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json)"
@@ -22,21 +24,24 @@ CLIP_H_TOKENIZER_SOURCE = (
 class RewardSpec:
     """One supported reward model.
 
-    `checkpoint` and `encoder` are the official file or folder names under models/reward_models; `encoder` is the
-    tokenizer folder (HPS, PickScore, MPS) or the image-encoder folder (aesthetic predictors). `norm` is the
-    (mean, std) used to put scores on a common scale when several rewards are mixed (rough estimates)."""
+    `checkpoint` and `encoder` are the official file or folder names under models/reward_models, None for a reward
+    that needs no such file (the temporal measures); `encoder` is the tokenizer folder (HPS, PickScore, MPS) or the
+    image-encoder folder (aesthetic predictors, subject consistency). `norm` is the (mean, std) used to put scores on
+    a common scale when several rewards are mixed (rough estimates). The loader is called as
+    `loader(checkpoint path or None, encoder path or None, dtype, label)`."""
 
     key: str
     label: str
-    checkpoint: str
-    checkpoint_source: str
-    encoder: str
-    encoder_source: str
-    encoder_kind: str
+    checkpoint: str | None
+    checkpoint_source: str | None
+    encoder: str | None
+    encoder_source: str | None
+    encoder_kind: str | None
     loader: str
     norm: tuple[float, float]
     loss_target: float
     loss_scale: float
+    min_frames: int = 1  # a clip reward's: the frames it needs to score a clip
 
 
 REWARDS: dict[str, RewardSpec] = {
@@ -65,9 +70,7 @@ REWARDS: dict[str, RewardSpec] = {
         RewardSpec(
             "aesthetic_v2.5", "Aesthetic v2.5", "aesthetic_predictor_v2_5.pth",
             "https://github.com/discus0434/aesthetic-predictor-v2-5/raw/main/models/aesthetic_predictor_v2_5.pth",
-            "siglip-so400m-patch14-384",
-            "https://huggingface.co/google/siglip-so400m-patch14-384 (config.json, model.safetensors)",
-            "image encoder", "aesthetic:load_aesthetic_v25", (5.5, 1.0), 10.0, 0.1,
+            SIGLIP_SO400M, SIGLIP_SO400M_SOURCE, "image encoder", "aesthetic:load_aesthetic_v25", (5.5, 1.0), 10.0, 0.1,
         ),
         RewardSpec(
             "aesthetic_v2", "Aesthetic v2", "sac+logos+ava1-l14-linearMSE.pth",
@@ -75,6 +78,27 @@ REWARDS: dict[str, RewardSpec] = {
             "clip-vit-large-patch14",
             "https://huggingface.co/openai/clip-vit-large-patch14 (config.json, model.safetensors)",
             "image encoder", "aesthetic:load_aesthetic_v2", (5.5, 1.0), 10.0, 0.1,
+        ),
+        # The temporal measures (reward/temporal.py) are clip rewards. Their norms are rough guesses, not measurements
+        # (random or tiny-model frames say nothing about generated video): consecutive frames of a generated clip
+        # differ by a few percent of the intensity range per pixel, so flicker's second difference is about 0.01-0.03
+        # (flicker about 0.98) and dynamism's mean squared first difference about 0.001-0.01; SigLIP embeddings of
+        # consecutive frames of one scene have cosines of about 0.9-1 (VBench's subject consistency, on DINO, is
+        # 0.9-0.98). All three lie in 0..1 (the cosine in -1..1) with 1 the best value, so, as for the rewards above,
+        # the loss target is the best value and the scale keeps the loss on the 0..1 range of the score.
+        RewardSpec(
+            key="flicker", label="Flicker", checkpoint=None, checkpoint_source=None, encoder=None, encoder_source=None,
+            encoder_kind=None, loader="temporal:load_flicker", norm=(0.98, 0.01), loss_target=1.0, loss_scale=1.0, min_frames=3,
+        ),
+        RewardSpec(
+            key="dynamism", label="Dynamism", checkpoint=None, checkpoint_source=None, encoder=None, encoder_source=None,
+            encoder_kind=None, loader="temporal:load_dynamism", norm=(0.004, 0.004), loss_target=1.0, loss_scale=1.0, min_frames=2,
+        ),
+        RewardSpec(
+            key="subject_consistency", label="Subject consistency", checkpoint=None, checkpoint_source=None,
+            encoder=SIGLIP_SO400M, encoder_source=SIGLIP_SO400M_SOURCE, encoder_kind="image encoder",
+            loader="temporal:load_subject_consistency", norm=(0.95, 0.03), loss_target=1.0, loss_scale=1.0,
+            min_frames=2,
         ),
     )
 }
@@ -98,6 +122,15 @@ def locate(roots: Iterable[Path], name: str, what: str, official: str, source: s
     return found
 
 
+def locate_if_used(roots: list[Path], given: str | None, official: str | None, what: str, source: str | None) -> Path | None:
+    """`locate` the file a reward uses (`given`, else its `official` name); None for a reward that uses no such file."""
+    if official is None:
+        if given:
+            raise ValueError(f"{what}: this reward uses no such file, got '{given}'; leave it on auto")
+        return None
+    return locate(roots, given or official, what, official, source)
+
+
 def load_reward(
     key: str,
     roots: Iterable[Path],
@@ -113,8 +146,8 @@ def load_reward(
         raise ValueError(f"micro_batch (frames per forward) must be a whole number of at least 1, got {micro_batch!r}")
     spec = spec_for(key)
     roots = list(roots)
-    ckpt = locate(roots, checkpoint or spec.checkpoint, spec.label, spec.checkpoint, spec.checkpoint_source)
-    enc = locate(roots, encoder or spec.encoder, f"{spec.label} {spec.encoder_kind}", spec.encoder, spec.encoder_source)
+    ckpt = locate_if_used(roots, checkpoint, spec.checkpoint, spec.label, spec.checkpoint_source)
+    enc = locate_if_used(roots, encoder, spec.encoder, f"{spec.label} {spec.encoder_kind or 'encoder'}", spec.encoder_source)
     module, function = spec.loader.split(":")
     loader = getattr(importlib.import_module(f".{module}", __package__), function)
     model = loader(ckpt, enc, dtype, spec.label)

@@ -178,8 +178,12 @@ def write_reward_models(root: Path, keys: tuple[str, ...] = ("hps_v2.1",), seed:
     vocab = write_clip_tokenizer(tokenizer_dir)
     for offset, key in enumerate(keys):
         spec = REWARDS[key]
-        target = root / spec.checkpoint
-        if key in ("hps_v2", "hps_v2.1"):
+        target = root / spec.checkpoint if spec.checkpoint else root
+        if spec.checkpoint is None and spec.encoder is None:  # flicker, dynamism: no files
+            continue
+        if key == "subject_consistency":
+            write_siglip_folder(root / spec.encoder, seed + offset)
+        elif key in ("hps_v2", "hps_v2.1"):
             write_hps(target, vocab, seed + offset)
         elif key == "pickscore":
             write_clip_folder(target, vocab, seed + offset)

@@ -48,6 +48,8 @@ CARDS = {
         "EasyAnimate V5 12B", "text to video, HPS2.1 reward LoRA", ("prompt", "12B InP\n+ LoRA", "scored"), "scores", COLORS["easy"]),
     "Train a reward LoRA": Card(
         "Train a LoRA", "CogVideoX-Fun 2B for HPS v2.1", ("prompts", "backprop\nreward", "status"), "training", COLORS["train"]),
+    "VideoDPO, pairs to a DPO LoRA": Card(
+        "VideoDPO", "CogVideoX-Fun 2B, HPS v2.1 pairs", ("N videos\nscored", "DPO\nLoRA", "base vs\nLoRA"), "compare", COLORS["train"]),
 }
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from workflow_check import (
-    API_WORKFLOWS, CONTROL, DOWNLOAD_SOURCES, NOT_EXPRESSIBLE, TITLE_CHARACTERS, UPLOAD, WORKFLOWS, check_api, check_ui,
+    API_WORKFLOWS, CONTROL, DOWNLOAD_SOURCES, JOB_NODES, NOT_EXPRESSIBLE, TITLE_CHARACTERS, UPLOAD, WORKFLOWS, check_api, check_ui,
     download_entries, load_schemas, metadata_gaps, model_files, needed_models, template_card, ui_to_api, widget_slots,
 )
 
@@ -66,8 +66,11 @@ def test_seeds_settings(name):
     for pair in _nodes(graph, "WanRewardLoraPair"):
         assert pair["strength_high"] == pair["strength_low"] == 0.7
         assert "high-noise" in pair["lora_high"] and "low-noise" in pair["lora_low"]
-    for lora in _nodes(graph, "VideoModelRewardLora"):
-        assert lora["strength"] == 0.7
+    loras = _nodes(graph, "VideoModelRewardLora")
+    if len(loras) == 2:  # base vs a LoRA still to train: the base branch takes it at 0, so it too waits for the LoRA
+        assert sorted(lora["strength"] for lora in loras) == [0.0, 0.7] and loras[0]["lora"] == loras[1]["lora"]
+    else:
+        assert all(lora["strength"] == 0.7 for lora in loras)
     for sampler in _nodes(graph, "VideoRewardSampler"):
         assert (sampler["frames"], sampler["width"], sampler["height"], sampler["steps"], sampler["cfg"]) == (49, 512, 512, 50, 7.0)
     samplers = _nodes(graph, "KSamplerAdvanced")
@@ -87,15 +90,27 @@ def test_seeds_settings(name):
         assert (train["strategy"], train["learning_rate"], train["cfg"], train["seed"], train["decoded_latents"]) == ("last", 1e-5, 6.0, 42, 1)
         assert train["gradient_checkpointing"] is True and train["checkpoint_every"] == 100 and train["shift"] == 0.0  # 0: Wan only
         assert len(train["prompts"].splitlines()) >= 5 and len(train["validation_prompts"].splitlines()) == 2
-    trainers = {k for k, v in graph.items() if v["class_type"] == "TrainRewardLoRA"}
+    for pairs in _nodes(graph, "BuildPreferencePairs"):  # VideoDPO's sampling at the seeds' training size
+        assert (pairs["family"], pairs["model_folder"], pairs["reward"], pairs["reward_2"]) == (
+            "CogVideoX-Fun", "CogVideoX-Fun/CogVideoX-Fun-V1.1-2b-InP", "hps_v2.1", "none")
+        assert (pairs["width"], pairs["height"], pairs["frames"], pairs["sampling_steps"], pairs["cfg"], pairs["seed"]) == (256, 256, 49, 50, 6.0, 42)
+        assert (pairs["videos_per_prompt"], pairs["pair_rule"], pairs["min_gap"], pairs["alpha"]) == (4, "best_vs_worst", 0.0, 0.0)
+        assert len(pairs["prompts"].splitlines()) >= 5
+    for dpo in _nodes(graph, "TrainDPOLoRA"):  # trained on the pairs the graph builds, for the model that made them
+        assert graph[dpo["dataset"][0]]["class_type"] == "BuildPreferencePairs" and dpo["dataset"][1] == 1
+        assert (dpo["family"], dpo["model_folder"], dpo["reward"]) == tuple(graph[dpo["dataset"][0]]["inputs"][k] for k in ("family", "model_folder", "reward"))
+        assert (dpo["beta"], dpo["dpo_alpha"], dpo["validation_pairs"], dpo["rank"], dpo["alpha"], dpo["learning_rate"]) == (5000.0, -1.0, 2, 128, 64.0, 1e-5)
+        assert (dpo["train_steps"], dpo["checkpoint_every"], dpo["seed"], dpo["gradient_checkpointing"]) == (1000, 100, 42, True)
+        assert len(dpo["validation_prompts"].splitlines()) == 2
+    jobs = {k: v["class_type"] for k, v in graph.items() if v["class_type"] in JOB_NODES}
+    assert sorted(status["job_id"][0] for status in _nodes(graph, "RewardTrainingStatus")) == sorted(jobs)  # one status per job
+    previewed = [node["inputs"].get("source") or node["inputs"]["images"] for node in graph.values()
+                 if node["class_type"] in ("PreviewAny", "PreviewImage")]
     for status_id, status in ((k, v["inputs"]) for k, v in graph.items() if v["class_type"] == "RewardTrainingStatus"):
-        assert status["job_id"][0] in trainers
-        shown = {tuple(node["inputs"].get("source") or node["inputs"]["images"]) for node in graph.values()
-                 if node["class_type"] in ("PreviewAny", "PreviewImage")}
-        # curves, samples and the trained LoRA's name; the status text shows (and stays current) on the node itself,
-        # so no second copy of it goes stale between queues
-        assert shown == {(status_id, 1), (status_id, 2), (status_id, 3)}
-    assert bool(trainers) == bool(_nodes(graph, "RewardTrainingStatus"))
+        # curves, samples and a trained LoRA's name (a pair job trains none); the status text shows (and stays
+        # current) on the node itself, so no second copy of it goes stale between queues
+        assert {slot for source, slot in previewed if source == status_id} == (
+            {1, 2} if jobs[status["job_id"][0]] == "BuildPreferencePairs" else {1, 2, 3})
 
 
 def test_widget_order_follows_the_frontend():

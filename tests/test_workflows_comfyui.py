@@ -113,7 +113,7 @@ def server(models: Path, reward_root: Path, tmp_path_factory: pytest.TempPathFac
 
 def tiny_overrides(api: dict) -> dict[str, dict]:
     """Widget values that make a workflow CPU-sized: 32x32 pixels, 5 (Wan) or 9 frames, 4 or 3 steps, 2 candidates,
-    3 training steps."""
+    2 videos per prompt, 3 training steps (DPO's at a rate that moves its zero-started LoRA in them)."""
     frames_from = {link[0] for node in api.values() if node["class_type"] == "EmptyHunyuanLatentVideo"
                    for name, link in node["inputs"].items() if name == "length" and isinstance(link, list)}
     changes: dict[str, dict] = {}
@@ -129,6 +129,10 @@ def tiny_overrides(api: dict) -> dict[str, dict]:
             changes[node_id] = {"width": 32, "height": 32, "frames": 9, "steps": 3}
         elif kind == "TrainRewardLoRA":
             changes[node_id] = {"width": 32, "height": 32, "frames": 9, "sampling_steps": 3, "train_steps": 3, "checkpoint_every": 2}
+        elif kind == "BuildPreferencePairs":
+            changes[node_id] = {"width": 32, "height": 32, "frames": 9, "sampling_steps": 3, "videos_per_prompt": 2}
+        elif kind == "TrainDPOLoRA":  # its clips' size is the dataset's
+            changes[node_id] = {"sampling_steps": 3, "train_steps": 3, "checkpoint_every": 2, "learning_rate": 0.003}
         elif kind == "VideoRewardRank" and not isinstance(inputs["frames_per_video"], list):
             changes[node_id] = {"frames_per_video": 5}
         elif node_id in frames_from:
@@ -168,48 +172,68 @@ def _node_id(api: dict, class_type: str) -> str | None:
     return next((node_id for node_id, node in api.items() if node["class_type"] == class_type), None)
 
 
-def watch_training(server, graph: dict, entry: dict, job_id: str | None = None) -> None:
-    """Queue a training graph again until its Training Status says the job ended, as a user refreshes it; the job
-    must finish, with no second job for its LoRA, and its LoRA must be in the loras list under video_reward/."""
-    status_id, lora_id = _node_id(graph, "RewardTrainingStatus"), _node_id(graph, "PreviewAny")
-    lora_name = graph[_node_id(graph, "TrainRewardLoRA")]["inputs"]["lora_name"]
+STARTERS = {"TrainRewardLoRA": "training job", "BuildPreferencePairs": "preference-pair job"}  # what a first queue starts
+COMPARED = ("VideoRewardScore", "SaveVideo")  # the outputs of a comparison that waits for the LoRA a graph trains
+
+
+def _queue_until_ended(server, graph: dict, entry: dict, status_id: str, job_id: str | None = None) -> tuple[dict, str]:
+    """Queue a graph again until Training Status `status_id` says its job ended, as a user refreshes it (the status
+    is blocked, so absent, until its job exists); meanwhile nothing of a comparison runs. The last run and the job."""
+    waiting = [node_id for node_id, node in graph.items() if node["class_type"] in COMPARED]
     deadline = time.time() + 300
     while True:
         assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-3000:]
-        text = entry["outputs"][status_id]["text"][0]
-        job_id = job_id or text.split(":")[0].removeprefix("job ")
-        assert text.startswith(f"job {job_id}: "), text
-        if text.splitlines()[0].removeprefix(f"job {job_id}: ").split()[0] not in ("queued", "running"):
-            break
-        assert time.time() < deadline, text + server.log.read_text()[-3000:]
+        if status_id in entry["outputs"]:
+            text = entry["outputs"][status_id]["text"][0]
+            job_id = job_id or text.split(":")[0].removeprefix("job ")
+            assert text.startswith(f"job {job_id}: "), text
+            if text.splitlines()[0].removeprefix(f"job {job_id}: ").split()[0] not in ("queued", "running"):
+                return entry, job_id
+        assert not set(waiting) & set(entry["outputs"]), entry["outputs"]
+        assert time.time() < deadline, json.dumps(entry["outputs"])[-2000:] + server.log.read_text()[-3000:]
         time.sleep(1.0)
         entry = server.run(graph)
+
+
+def _status_of(graph: dict, job_node: str) -> str:
+    return next(k for k, v in graph.items() if v["class_type"] == "RewardTrainingStatus" and v["inputs"]["job_id"][0] == job_node)
+
+
+def watch_training(server, graph: dict, entry: dict, job_id: str | None = None) -> dict:
+    """Queue a training graph again until its jobs end, as a user does: a preference-pair job first (its dataset must
+    be in models/preference_datasets), then the LoRA's; each must finish, with no second job for its result, and the
+    LoRA must be in the loras list under video_reward/. The last run."""
+    jobs = server.dirs["output"] / "video_reward_jobs"
+    pairs_id = _node_id(graph, "BuildPreferencePairs")
+    if pairs_id:
+        entry, job_id = _queue_until_ended(server, graph, entry, _status_of(graph, pairs_id), job_id)
+        text = entry["outputs"][_status_of(graph, pairs_id)]["text"][0]
+        pairs = graph[pairs_id]["inputs"]
+        prompts = len(pairs["prompts"].splitlines())  # best_vs_worst: one pair each
+        made = pairs["videos_per_prompt"] * prompts
+        assert text.startswith(f"job {job_id}: finished") and f"videos made: {made}/{made}" in text and f"({prompts} pairs)" in text, text
+        dataset = server.dirs["output"].parent / "models" / "preference_datasets" / pairs["dataset_name"]
+        assert len(json.loads((dataset / "pair.json").read_text())) == prompts
+        assert json.loads((jobs / job_id / "job.json").read_text())["export_to"] == str(dataset)
+        job_id = None  # the LoRA's job is found on its Training Status
+    trainer = _node_id(graph, "TrainRewardLoRA") or _node_id(graph, "TrainDPOLoRA")
+    status_id, lora_id = _status_of(graph, trainer), _node_id(graph, "PreviewAny")
+    lora_name = graph[trainer]["inputs"]["lora_name"]
+    entry, job_id = _queue_until_ended(server, graph, entry, status_id, job_id)
+    text = entry["outputs"][status_id]["text"][0]
     assert text.startswith(f"job {job_id}: finished") and "step 3/3" in text and "held-out reward" in text, text
     assert entry["outputs"][lora_id]["text"][0] == f"video_reward/{lora_name}.safetensors"  # the Trained LoRA node
-    jobs = server.dirs["output"] / "video_reward_jobs"
     assert [p.parent.name for p in jobs.glob("*/job.json")
             if json.loads(p.read_text())["export_to"].endswith(f"/{lora_name}.safetensors")] == [job_id]
     lora = Path(json.loads((jobs / job_id / "status.json").read_text())["lora"])
     assert lora.is_file() and lora.stat().st_size > 0 and lora.parent.name == "video_reward"
     listed = server.get("/object_info/LoraLoaderModelOnly")["LoraLoaderModelOnly"]["input"]["required"]["lora_name"][0]
     assert f"video_reward/{lora_name}.safetensors" in listed
+    return entry
 
 
-def test_api_workflow_runs(server, models, name):
-    api = json.loads((API_WORKFLOWS / f"{name}.json").read_text())
-    provided = {(folder, str(p.relative_to(models / folder))) for folder in FOLDERS for p in (models / folder).glob("*")}
-    assert model_files(api, SCHEMAS) - provided <= {("input", "example.png")}
-    graph = set_widgets(api, SCHEMAS, tiny_overrides(api))
-    entry = server.run(graph, timeout=600)
-    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-3000:]
-    if _node_id(api, "TrainRewardLoRA"):
-        started = re.fullmatch(r"training job (\S+) started\nits progress and results: Training Status",
-                               entry["outputs"][_node_id(api, "TrainRewardLoRA")]["text"][0])
-        assert started, entry["outputs"]
-        # the job id, by which web/video_reward.js matches the live status updates to this node's latest job
-        assert entry["outputs"][_node_id(api, "TrainRewardLoRA")]["video_reward_job"] == [started.group(1)]
-        watch_training(server, graph, entry, started.group(1))
-        return
+def check_videos(server, name: str, api: dict, entry: dict) -> None:
+    """The run saved one video at the tiny size and scored (or ranked) what it made."""
     saved = [server.dirs["output"] / item["subfolder"] / item["filename"]
              for out in _outputs(entry, api, "SaveVideo") for item in out["images"]]
     assert len(saved) == 1 and saved[0].suffix == ".mp4"
@@ -223,6 +247,26 @@ def test_api_workflow_runs(server, models, name):
     for out in _outputs(entry, api, "VideoRewardRank"):
         ranking = out["text"][0].splitlines()
         assert len(ranking) == 2 and ranking[0].startswith("#1: video "), ranking
+
+
+def test_api_workflow_runs(server, models, name):
+    api = json.loads((API_WORKFLOWS / f"{name}.json").read_text())
+    provided = {(folder, str(p.relative_to(models / folder))) for folder in FOLDERS for p in (models / folder).glob("*")}
+    assert model_files(api, SCHEMAS) - provided <= {("input", "example.png")}
+    graph = set_widgets(api, SCHEMAS, tiny_overrides(api))
+    entry = server.run(graph, timeout=600)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-3000:]
+    starter = next((kind for kind in STARTERS if _node_id(api, kind)), None)
+    if starter:
+        started = re.fullmatch(rf"{STARTERS[starter]} (\S+) started\nits progress and results: Training Status",
+                               entry["outputs"][_node_id(api, starter)]["text"][0])
+        assert started, entry["outputs"]
+        # the job id, by which web/video_reward.js matches the live status updates to this node's latest job
+        assert entry["outputs"][_node_id(api, starter)]["video_reward_job"] == [started.group(1)]
+        entry = watch_training(server, graph, entry, started.group(1))
+        if not _node_id(api, "SaveVideo"):
+            return
+    check_videos(server, name, api, entry)
 
 
 def test_committed_pack_schemas_are_live():
@@ -297,16 +341,19 @@ def test_comfy_cli_converts_and_runs_ui_workflow(server, name, tmp_path):
     for node_id, node in api.items():
         if node["class_type"] == "SaveVideo":
             changes[node_id] = {"filename_prefix": f"cli/{name}"}
-        elif node["class_type"] == "TrainRewardLoRA":
+        elif node["class_type"] in ("TrainRewardLoRA", "TrainDPOLoRA"):
             changes[node_id]["lora_name"] = "cli_" + re.sub(r"\W+", "_", name)
+        elif node["class_type"] == "BuildPreferencePairs":
+            changes[node_id]["dataset_name"] = "cli_" + re.sub(r"\W+", "_", name)
     tiny = tmp_path / f"{name}.json"
     tiny.write_text(json.dumps(set_widgets(ui, SCHEMAS, changes)))
     done = _comfy(server, "--workflow", str(tiny), "--wait", "--timeout", "600", "--json")
     envelope = json.loads(done.stdout.strip().splitlines()[-1])
     assert done.returncode == 0 and envelope["ok"], done.stdout[-3000:] + done.stderr[-3000:]
-    if _node_id(api, "TrainRewardLoRA"):  # the job runs on in the background: queue the same graph until it ends
+    if any(_node_id(api, kind) for kind in STARTERS):  # the jobs run on in the background: queue the same graph until they end
         graph = set_widgets(api, SCHEMAS, changes)
         watch_training(server, graph, server.run(graph))
-        return
+        if not _node_id(api, "SaveVideo"):
+            return
     videos = list((server.dirs["output"] / "cli").glob(f"{name}_*.mp4"))
     assert len(videos) == 1 and mp4_video(videos[0]) == expected_video(name, api)

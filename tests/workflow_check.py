@@ -64,13 +64,13 @@ MODEL_FILE_INPUTS: dict[tuple[str, str], tuple[str, set[str] | None]] = {
     ("EasyAnimateLoader", "model"): ("EasyAnimate", None),
     ("VideoRewardModelLoader", "checkpoint"): ("reward_models", None),
     ("VideoRewardModelLoader", "encoder"): ("reward_models", None),
-    ("TrainRewardLoRA", "model_folder"): (FAMILY, None),
-    ("TrainRewardLoRA", "wan_high"): ("diffusion_models", MODEL_EXTENSIONS),
-    ("TrainRewardLoRA", "wan_low"): ("diffusion_models", MODEL_EXTENSIONS),
-    ("TrainRewardLoRA", "wan_vae"): ("vae", MODEL_EXTENSIONS),
-    ("TrainRewardLoRA", "wan_text_encoder"): ("text_encoders", MODEL_EXTENSIONS),
-    ("TrainRewardLoRA", "prompts_file"): ("input", {".txt", ".jsonl"}),
 }
+JOB_NODES = ("TrainRewardLoRA", "BuildPreferencePairs", "TrainDPOLoRA")  # nodes that start a job; each loads its rewards
+MODEL_FILE_INPUTS.update({(node, name): where for node in JOB_NODES for name, where in {
+    "model_folder": (FAMILY, None), "wan_high": ("diffusion_models", MODEL_EXTENSIONS),
+    "wan_low": ("diffusion_models", MODEL_EXTENSIONS), "wan_vae": ("vae", MODEL_EXTENSIONS),
+    "wan_text_encoder": ("text_encoders", MODEL_EXTENSIONS)}.items()})
+MODEL_FILE_INPUTS.update({(node, "prompts_file"): ("input", {".txt", ".jsonl"}) for node in ("TrainRewardLoRA", "BuildPreferencePairs")})
 
 
 @dataclass(frozen=True)
@@ -368,7 +368,7 @@ def needed_models(api: dict, schemas: dict[str, dict]) -> set[tuple[str, str]]:
             spec, choices = by_label[inputs["model"]], {s.name: s.choices or () for s in inputs_of(schemas[node["class_type"]])}
             needed |= {("reward_models", official) for name, official in (("checkpoint", spec.checkpoint), ("encoder", spec.encoder))
                        if inputs[name] in choices[name]}
-        elif node["class_type"] == "TrainRewardLoRA":
+        elif node["class_type"] in JOB_NODES:
             for key in (inputs["reward"], inputs.get("reward_2", "none")):
                 if key in REWARDS:
                     needed |= {("reward_models", REWARDS[key].checkpoint), ("reward_models", REWARDS[key].encoder)}

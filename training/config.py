@@ -137,6 +137,14 @@ class TrainConfig:
             raise ValueError("the 8-bit AdamW optimizer does not work on FSDP-sharded weights; use adamw with fsdp")
         if self.vae_gradient_checkpointing and self.family != "cogvideox":
             raise ValueError(f"VAE gradient checkpointing works for the CogVideoX VAE only; {self.family}'s VAE does not support it")
+        if self.method == "reward_backprop":
+            decoded = min(self.frames, (self.decoded_latents - 1) * family_class(self.family).temporal_scale + 1)
+            for choice in self.rewards:
+                needed = REWARDS[choice.key].min_frames
+                if decoded < needed:
+                    raise ValueError(f"rewards: {REWARDS[choice.key].label} scores change between frames and needs {needed} "
+                                     f"decoded frames; decoded_latents {self.decoded_latents} decodes {decoded}: decode 2 "
+                                     "latents or more")
         if self.method == "dpo" and dataset:
             self.preference_dataset()
         return self

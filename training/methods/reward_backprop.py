@@ -81,7 +81,7 @@ class RewardBackprop(Engine):
 
     def _rewards(self, frames: torch.Tensor, prompts: list[str], seed: int) -> torch.Tensor:
         indices = select_frames(frames.shape[1], self.config.frame_mode, self.config.frame_count, seed)
-        return torch.stack([self.objective.reward(frames[b, indices], prompts[b]).mean() for b in range(len(prompts))])
+        return torch.stack([self.objective.reward(frames[b], prompts[b], indices).mean() for b in range(len(prompts))])
 
     def loss(self, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, Any]]:
         """Sample `batch_size` drawn prompts with gradients on the chosen steps, decode, score; the loss of the reward."""
