@@ -117,6 +117,34 @@ def test_score_and_rank_a_generated_clip(server):
     assert len(plots) == 1 and len(best) == 4
 
 
+def test_clip_rewards_score_the_whole_clip(server):
+    """Flicker (no files, no weights) and a mix of Dynamism with HPS through Load Reward Model, Combine and Score
+    Video: the clip reward's score is reported for the whole clip."""
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 3, "color": 0xFF3010}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 3, "color": 0x2040FF}},
+        "3": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["2", 0]}},
+        "4": _loader("Flicker"),
+        "5": {"class_type": "VideoRewardScore", "inputs": {
+            "images": ["3", 0], "reward_model": ["4", 0], "prompt": "", "frames": "all", "frame_count": 1, "seed": 0}},
+        "6": _loader("Dynamism"),
+        "7": _loader("HPS v2.1"),
+        "8": {"class_type": "VideoRewardCombine", "inputs": {
+            "reward_1": ["7", 0], "weight_1": 1.0, "reward_2": ["6", 0], "weight_2": 1.0, "normalize": True}},
+        "9": {"class_type": "VideoRewardScore", "inputs": {
+            "images": ["3", 0], "reward_model": ["8", 0], "prompt": "a red clip", "frames": "first", "frame_count": 1,
+            "seed": 0}},
+    }
+    entry = server.run(graph)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    text = entry["outputs"]["5"]["text"][0]
+    # 3 red then 3 blue frames: second differences of half the jump at 2 of the 4 places, so flicker is
+    # 1 - (mean |red - blue| / 2) * 2 / 4, with mean |red - blue| = (223 + 16 + 239) / 3 / 255
+    assert text.startswith("video score: ") and "(the whole clip)" in text, text
+    assert float(text.split()[2]) == pytest.approx(1 - (223 + 16 + 239) / 3 / 255 / 4, abs=1e-4)
+    assert "(mean of 1 frames)" in entry["outputs"]["9"]["text"][0]
+
+
 def test_missing_model_file_is_a_clear_node_error(server):
     graph = {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
