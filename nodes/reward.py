@@ -6,10 +6,10 @@ from comfy_api.latest import io, ui
 
 from ..reward.composite import FRAME_MODES, CompositeReward, RewardTerm, select_frames
 from ..reward.files import list_entries
-from ..reward.plot import draw_panels, score_panel
+from ..reward.plot import draw_panels, frame_grid, score_panel
 from ..reward.registry import REWARDS, load_reward
 from ..reward.seeds import MAX_SEED
-from ..reward.scoring import VideoScore, rank_videos, score_video, split_videos
+from ..reward.scoring import VideoScore, compare_videos, rank_videos, score_video, split_videos
 from .folders import reward_model_roots
 from .types import LoadedReward, RewardModelType
 
@@ -17,6 +17,7 @@ CATEGORY = "video reward/scoring"
 AUTO = "auto (official name)"
 PRECISIONS = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LABELS = {spec.label: key for key, spec in REWARDS.items()}
+GRID_FRAMES = 6  # evenly spaced frames of each video in Compare Videos' picture
 
 
 def _frame_inputs() -> list[io.Input]:
@@ -47,6 +48,25 @@ def _chart(reward: torch.nn.Module, result: VideoScore) -> torch.Tensor:
         indices, scores = result.frame_indices, result.frame_scores
     panel = score_panel(reward.label, indices, scores, spec.norm if spec is not None else None)
     return torch.from_numpy(draw_panels([panel])).float().div(255.0).unsqueeze(0)
+
+
+def _comparison_grid(videos: list[torch.Tensor], captions: list[str]) -> torch.Tensor:
+    """Compare Videos' picture as an IMAGE: one row of `GRID_FRAMES` evenly spaced frames per video (at the first
+    video's size), each frame captioned with its row's caption and its number."""
+    import torch.nn.functional as F
+
+    count = min(GRID_FRAMES, *(v.shape[0] for v in videos))
+    size = videos[0].shape[-2:]
+    tiles, texts = [], []
+    for video, caption in zip(videos, captions):
+        indices = select_frames(video.shape[0], "evenly", count)
+        picked = video[indices].float()
+        if picked.shape[-2:] != size:
+            picked = F.interpolate(picked, size=tuple(size), mode="bilinear", antialias=True)
+        tiles.append(picked)
+        texts += [f"{caption}, frame {i}" for i in indices]
+    pixels = torch.cat(tiles).clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return torch.from_numpy(frame_grid(pixels, texts, columns=count)).float().div(255.0).unsqueeze(0)
 
 
 def _progress(videos: list[torch.Tensor], mode: str, count: int, seed: int):
@@ -247,4 +267,53 @@ class RankVideos(io.ComfyNode):
         return io.NodeOutput(best, best_index, text, ui=ui.PreviewText(text))
 
 
-NODES: list[type[io.ComfyNode]] = [LoadRewardModel, CombineRewards, ScoreVideo, RankVideos]
+class CompareVideos(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="VideoRewardCompare",
+            display_name="Compare Videos",
+            category=CATEGORY,
+            description="Scores two videos (e.g. base and LoRA, same seed) with every reward of a mix, side by side, "
+            "and shows both clips' frames.",
+            inputs=[
+                io.Image.Input("video_a", tooltip="The first video's frames (an IMAGE batch), e.g. without the LoRA."),
+                io.Image.Input("video_b", tooltip="The second video's frames (an IMAGE batch), e.g. with the LoRA."),
+                RewardModelType.Input("reward_model", tooltip="From Load Reward Model or Combine Rewards."),
+                io.String.Input("prompt", multiline=True, default="", tooltip="The prompt the videos were made from."),
+                *_frame_inputs(),
+                io.String.Input("label_a", default="base", tooltip="The first video's name in the table and picture."),
+                io.String.Input("label_b", default="LoRA", tooltip="The second video's name in the table and picture."),
+            ],
+            outputs=[
+                io.String.Output(
+                    display_name="comparison",
+                    tooltip="Each reward's score of both videos and their difference, and the mix's score.",
+                ),
+                io.Image.Output(
+                    display_name="frames",
+                    tooltip=f"Both clips' frames: one row each of up to {GRID_FRAMES} evenly spaced frames, captioned "
+                    "with the video's score.",
+                ),
+                io.Float.Output(display_name="score_a", tooltip="The first video's score (the mix's, or the one reward's)."),
+                io.Float.Output(display_name="score_b", tooltip="The second video's score (the mix's, or the one reward's)."),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(
+        cls, video_a, video_b, reward_model: LoadedReward, prompt: str, frames: str, frame_count: int, seed: int,
+        label_a: str, label_b: str,
+    ) -> io.NodeOutput:
+        videos = [_video(video_a), _video(video_b)]
+        progress = _progress(videos, frames, frame_count, seed)
+        reward_model.load()
+        result = compare_videos(reward_model.reward, *videos, prompt, frames, frame_count, seed, reward_model.micro_batch, progress)
+        total = result.total
+        grid = _comparison_grid(videos, [f"{label_a}: {total.a:.4g}", f"{label_b}: {total.b:.4g}"])
+        text = result.describe(label_a, label_b)
+        return io.NodeOutput(text, grid, total.a, total.b, ui=ui.PreviewText(text))
+
+
+NODES: list[type[io.ComfyNode]] = [LoadRewardModel, CombineRewards, ScoreVideo, RankVideos, CompareVideos]

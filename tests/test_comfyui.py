@@ -12,13 +12,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from random_lora import linear_shapes, random_lora
 from comfyui_server import PACK_NAME, PACK_ROOT, comfy_env, comfy_python, comfyui_server
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set")
-NODES = {"VideoRewardModelLoader", "VideoRewardCombine", "VideoRewardScore", "VideoRewardRank",
+NODES = {"VideoRewardModelLoader", "VideoRewardCombine", "VideoRewardScore", "VideoRewardRank", "VideoRewardCompare",
          "WanRewardLoraPair", "RewardLoraLoader", "BakeRewardLora", "ConvertRewardLora",
          "VideoModelRewardLora", "CogVideoXFunLoader", "EasyAnimateLoader", "VideoRewardSampler",
          "TrainRewardLoRA", "RewardTrainingStatus", "CancelRewardTraining"}
@@ -143,6 +144,51 @@ def test_clip_rewards_score_the_whole_clip(server):
     assert text.startswith("video score: ") and "(the whole clip)" in text, text
     assert float(text.split()[2]) == pytest.approx(1 - (223 + 16 + 239) / 3 / 255 / 4, abs=1e-4)
     assert "(mean of 1 frames)" in entry["outputs"]["9"]["text"][0]
+
+
+def test_compare_videos_with_a_mix(server):
+    """A still red clip (base) and a red-then-blue clip (LoRA) through HPS v2.1 + Dynamism and Compare Videos: one
+    row per reward and one for the mix, Dynamism raised by the colour change, and a picture with a row per clip."""
+    from PIL import Image
+
+    def empty(batch: int, color: int) -> dict:
+        return {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": batch, "color": color}}
+
+    graph = {
+        "1": empty(4, 0xFF3010),
+        "2": empty(2, 0xFF3010),
+        "3": empty(2, 0x2040FF),
+        "4": {"class_type": "ImageBatch", "inputs": {"image1": ["2", 0], "image2": ["3", 0]}},
+        "5": _loader("HPS v2.1"),
+        "6": _loader("Dynamism"),
+        "7": {"class_type": "VideoRewardCombine", "inputs": {
+            "reward_1": ["5", 0], "weight_1": 1.0, "reward_2": ["6", 0], "weight_2": 1.0, "normalize": True}},
+        "8": {"class_type": "VideoRewardCompare", "inputs": {
+            "video_a": ["1", 0], "video_b": ["4", 0], "reward_model": ["7", 0], "prompt": "a red clip", "frames": "all",
+            "frame_count": 1, "seed": 0, "label_a": "base", "label_b": "LoRA"}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 1], "filename_prefix": "compare"}},
+    }
+    entry = server.run(graph)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    table = [[cell.strip() for cell in line.split(" | ")] for line in entry["outputs"]["8"]["text"][0].splitlines()]
+    assert [line[0] for line in table] == ["reward", "HPS v2.1", "Dynamism", "mix (1*HPS v2.1 + 1*Dynamism)"]
+    assert table[0][1:] == ["base", "LoRA", "LoRA − base"]
+    # Dynamism: 0 for the still clip; one jump from red to blue among 3 frame pairs for the other
+    jump = (223**2 + 16**2 + 239**2) / 3 / 255**2 / 3
+    base, lora, difference = map(float, table[2][1:])
+    assert base == 0 and lora == pytest.approx(jump, rel=1e-5) and difference == pytest.approx(jump, rel=1e-5)
+    assert np.isfinite([[float(cell) for cell in line[1:]] for line in table[1:]]).all()
+    [saved] = (server.dirs["output"]).glob("compare_*.png")
+    picture = np.asarray(Image.open(saved).convert("RGB")).astype(int)
+    # 4 columns of 64-pixel frames enlarged 4 times, 8-pixel gaps; two rows of (captions, tile, gap)
+    tile, gap = 256, 8
+    assert picture.shape[1] == 4 * (tile + gap) + gap
+    cell = (picture.shape[0] - gap) // 2
+    assert picture.shape[0] == 2 * cell + gap and cell - tile - gap in (22, 44)  # one or two caption lines
+    centre_x = gap + 3 * (tile + gap) + tile // 2  # the last column
+    red, blue = (255, 48, 16), (32, 64, 255)
+    assert np.abs(picture[cell - tile // 2, centre_x] - red).max() <= 1  # row A, frame 3: still red
+    assert np.abs(picture[2 * cell - tile // 2, centre_x] - blue).max() <= 1  # row B, frame 3: blue
 
 
 def test_missing_model_file_is_a_clear_node_error(server):

@@ -8,7 +8,8 @@ from torch import nn
 from video_reward_lora.reward.composite import CompositeReward, RewardTerm, reward_loss, select_frames
 from video_reward_lora.reward.files import ModelFileError, list_entries, resolve_inside, write_safetensors_atomic
 from video_reward_lora.reward.plot import line_chart
-from video_reward_lora.reward.scoring import rank_videos, score_video, split_videos
+from video_reward_lora.reward.scoring import compare_videos, rank_videos, score_video, split_videos
+from video_reward_lora.reward.temporal import Dynamism
 
 
 class Brightness(nn.Module):
@@ -65,6 +66,34 @@ def test_score_video_micro_batches_and_reports_progress():
     assert result.score == pytest.approx(0.5)
     assert "video score: 0.5" in result.describe()
     assert score_video(reward, frames, "", "evenly", count=3).frame_indices == [0, 3, 6]
+
+
+def test_compare_videos_scores_every_reward_of_a_mix():
+    """A frame reward and Dynamism on a still clip (A) and a clip whose colour changes (B): each reward's raw score
+    (the frame reward's mean over the chosen frames 0, 2, 4; Dynamism's over the whole clip) and the mix's."""
+    still = torch.full((5, 3, 4, 4), 0.5)
+    changing = still.clone()
+    changing[3:, 0] = 0.9  # the red channel jumps between frames 2 and 3
+    brightness = Brightness(2.0, "brightness")
+    mix = CompositeReward([RewardTerm(brightness, 1.0, 0.5, 0.25), RewardTerm(Dynamism("Dynamism"), 2.0, 0.004, 0.004)])
+    result = compare_videos(mix, still, changing, "", "evenly", 3, micro_batch=2)
+    assert brightness.calls == [3, 3]  # with a clip reward in the mix, one call per video on the chosen frames
+    bright_a, bright_b = 2 * 0.5, 2 * (0.5 + 0.5 + (0.9 + 0.5 + 0.5) / 3) / 3
+    dynamism_a, dynamism_b = 0.0, 0.4**2 / 3 / 4  # one jump of 0.4 in 1 of 3 channels, over 4 frame pairs
+    rows = [(r.label, r.a, r.b) for r in result.rewards]
+    assert [label for label, *_ in rows] == ["brightness", "Dynamism"]
+    assert rows[0][1:] == pytest.approx((bright_a, bright_b), abs=1e-6)
+    assert rows[1][1:] == pytest.approx((dynamism_a, dynamism_b), abs=1e-6)
+    mix_a, mix_b = ((b - 0.5) / 0.25 + 2 * (d - 0.004) / 0.004 for b, d in ((bright_a, dynamism_a), (bright_b, dynamism_b)))
+    assert (result.mix.a, result.mix.b) == pytest.approx((mix_a, mix_b), rel=1e-6, abs=1e-6)  # float32 / 0.004
+    assert result.total == result.mix and result.mix.a == pytest.approx(score_video(mix, still, "", "evenly", 3).score)
+    table = [[cell.strip() for cell in line.split(" | ")] for line in result.describe("base", "LoRA").splitlines()]
+    assert [line[0] for line in table] == ["reward", "brightness", "Dynamism", "mix (1*brightness + 2*Dynamism)"]
+    assert table[0][1:] == ["base", "LoRA", "LoRA − base"] and table[2][1:] == ["0", f"{dynamism_b:.6g}", f"{dynamism_b:+.6g}"]
+
+    single = compare_videos(Brightness(), still, changing, "", "all", micro_batch=2)
+    assert single.mix is None and single.total == single.rewards[0] and len(single.describe().splitlines()) == 2
+    assert (single.total.a, single.total.b) == pytest.approx((0.5, 0.5 + 0.4 / 3 * 2 / 5), abs=1e-6)
 
 
 def test_rank_and_split():
