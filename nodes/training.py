@@ -140,7 +140,7 @@ def direct_settings(inputs: dict[str, Any], names: tuple[str, ...]) -> dict[str,
 
 def train_config(inputs: dict[str, Any]) -> tuple[TrainConfig, Path]:
     """The validated TrainConfig of Train Reward LoRA's inputs, and where the finished LoRA goes. Nothing is written."""
-    config = TrainConfig.from_dict(dict(**job_settings(inputs), **direct_settings(inputs, DIRECT),
+    config = TrainConfig.from_dict(dict(**job_settings(inputs), **direct_settings(inputs, DIRECT), **judge_settings(inputs),
                                         validation_prompts=_lines(inputs.get("validation_prompts") or "")))
     return config, lora_export_path(inputs)
 
@@ -249,6 +249,32 @@ def lora_inputs(defaults: TrainConfig) -> list[io.Input]:
     ]
 
 
+def guard_inputs(defaults: TrainConfig, backprop: bool) -> list[io.Input]:
+    """The guards against reward hacking (training.engine.guards): a judge, early stopping on it, diversity, and
+    with `backprop` the drift and dynamism penalties."""
+    rewards = [NONE, *REWARDS]
+    inputs = [
+        io.Combo.Input("judge", options=rewards, default=NONE, tooltip="A held-out judge: a reward NOT trained on, scored on the validation prompts at every evaluation (e.g. train on HPS, judge with PickScore). The job's LoRA is then the one of the judge's best evaluation. Needs validation_prompts."),
+        io.Combo.Input("judge_2", options=rewards, default=NONE, tooltip="Optional second judge reward (a mix of normalised scores, e.g. PickScore + Dynamism)."),
+        io.Int.Input("patience", default=defaults.patience, min=0, max=1000, tooltip="Early stopping: stop when the judge has not improved for this many evaluations (0: never)."),
+        io.Float.Input("judge_drop", default=defaults.judge_drop, min=0.0, max=0.99, step=0.01, tooltip="Early stopping: stop when the judge falls more than this fraction of its best below its best (0: never)."),
+        io.Int.Input("diversity_seeds", default=defaults.diversity_seeds, min=0, max=16, tooltip="At each evaluation, sample each validation prompt with this many seeds and measure how different they look to the judge's image encoder (0: off; 2 or more)."),
+    ]
+    if backprop:
+        inputs += [
+            io.Float.Input("drift_weight", default=defaults.drift_weight, min=0.0, max=1e6, step=0.001, tooltip="Drift penalty: this weight times the mean squared difference between the prediction with and without the LoRA on the steps with gradients (one more forward each); bounds how far the model moves from its base (0: off)."),
+            io.Float.Input("dynamism_weight", default=defaults.dynamism_weight, min=0.0, max=1e6, step=0.01, tooltip="Dynamism guard: this weight times the relative loss of motion against the model without the LoRA on the same noise (one more sampling pass per step; needs decoded_latents of 2 or more) (0: off)."),
+        ]
+    return inputs
+
+
+def judge_settings(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The guard settings of a training node's inputs."""
+    judge = [{"key": inputs[name]} for name in ("judge", "judge_2") if inputs.get(name) not in (None, NONE)]
+    names = ("patience", "judge_drop", "diversity_seeds", "drift_weight", "dynamism_weight")
+    return {"judge": judge, **{name: inputs[name] for name in names if inputs.get(name) is not None}}
+
+
 class JobNode(io.ComfyNode):
     """A node that starts a job in its own process and returns its id at once; queueing the graph again finds the
     job by where its result goes (the LoRA or dataset name), and resumes it when it failed or was cancelled."""
@@ -335,6 +361,7 @@ class TrainRewardLoRA(JobNode):
                 io.Int.Input("backprop_steps", default=defaults.backprop_steps, min=1, max=1000, tooltip="K for tail / uniform / random."),
                 io.Int.Input("decoded_latents", default=defaults.decoded_latents, min=1, max=64, tooltip="Latent frames decoded for the reward (1 = the first frame, as the seeds)."),
                 *lora_inputs(defaults),
+                *guard_inputs(defaults, backprop=True),
             ],
             outputs=[io.String.Output(display_name="job_id", tooltip="Connect to Training Status or Cancel Training.")],
             hidden=[io.Hidden.unique_id],

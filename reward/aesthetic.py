@@ -60,9 +60,13 @@ class AestheticReward(RewardModel):
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         set_hf_checkpointing(self.backbone, self.backbone, enabled)
 
+    embeds = True
+
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return model_output(self.backbone(pixel_values=pixels), self.output_field)
+
     def score_pixels(self, pixels: torch.Tensor, text: None) -> torch.Tensor:
-        embedding = model_output(self.backbone(pixel_values=pixels), self.output_field)
-        embedding = F.normalize(embedding.float(), dim=-1)
+        embedding = F.normalize(self.embed_pixels(pixels).float(), dim=-1)
         return self.head(embedding.to(self.head[0].weight.dtype)).squeeze(-1)
 
 

@@ -61,6 +61,7 @@ class RewardModel(nn.Module):
     label = "reward"
     uses_prompt = True
     per_clip = False
+    embeds = False  # whether `embed_pixels` gives image embeddings (rewards built on an image encoder)
 
     def __init__(self, preprocess: Preprocess | None, micro_batch: int = DEFAULT_MICRO_BATCH) -> None:
         super().__init__()
@@ -91,6 +92,15 @@ class RewardModel(nn.Module):
     def score_pixels(self, pixels: torch.Tensor, text: Any) -> torch.Tensor:
         """Scores `[N]` for preprocessed pixels `[N,3,S,S]` in the model dtype."""
         raise NotImplementedError
+
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Image embeddings `[N,D]` of preprocessed pixels (where `embeds`)."""
+        raise NotImplementedError(f"{self.label} has no image embedding")
+
+    def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Image embeddings `[F,D]` (float32) of frames `[F,3,H,W]` in 0..1, as this reward's image encoder sees them."""
+        check_frames(frames)
+        return self.per_chunk(frames, self.embed_pixels)
 
     def text_features(self, prompt: str) -> Any:
         if not self.uses_prompt:

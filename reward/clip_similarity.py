@@ -38,9 +38,13 @@ class ClipSimilarityReward(RewardModel):
         features = model_output(self.clip.get_text_features(input_ids=ids), "pooler_output")
         return F.normalize(features.float(), dim=-1)
 
+    embeds = True
+
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return model_output(self.clip.get_image_features(pixel_values=pixels), "pooler_output")
+
     def score_pixels(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        image = model_output(self.clip.get_image_features(pixel_values=pixels), "pooler_output")
-        cosine = F.normalize(image.float(), dim=-1) @ text[0]
+        cosine = F.normalize(self.embed_pixels(pixels).float(), dim=-1) @ text[0]
         if self.use_logit_scale:
             return self.clip.logit_scale.float().exp() * cosine
         return cosine

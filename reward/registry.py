@@ -79,6 +79,18 @@ REWARDS: dict[str, RewardSpec] = {
             "https://huggingface.co/openai/clip-vit-large-patch14 (config.json, model.safetensors)",
             "image encoder", "aesthetic:load_aesthetic_v2", (5.5, 1.0), 10.0, 0.1,
         ),
+        # VADER's action reward (reward/action.py), a clip reward: the probability (0..1) of the prompt's Kinetics-400
+        # class. Its norm is a rough guess, not a measurement: a classifier gives a clip that clearly shows the action a
+        # high probability (est. 0.5-0.9) and one that does not a low one (est. under 0.1), so generated clips spread
+        # widely, around 0.3. As for the temporal measures, the loss target is the best value (1) and the scale keeps
+        # the loss on 0..1.
+        RewardSpec(
+            key="action", label="Action (VideoMAE)", checkpoint="videomae-base-finetuned-kinetics",
+            checkpoint_source="https://huggingface.co/MCG-NJU/videomae-base-finetuned-kinetics (the whole folder: "
+            "config.json, model.safetensors or pytorch_model.bin)",
+            encoder=None, encoder_source=None, encoder_kind=None, loader="action:load_action", norm=(0.3, 0.3),
+            loss_target=1.0, loss_scale=1.0, min_frames=2,
+        ),
         # The temporal measures (reward/temporal.py) are clip rewards. Their norms are rough guesses, not measurements
         # (random or tiny-model frames say nothing about generated video): consecutive frames of a generated clip
         # differ by a few percent of the intensity range per pixel, so flicker's second difference is about 0.01-0.03
@@ -99,6 +111,19 @@ REWARDS: dict[str, RewardSpec] = {
             encoder=SIGLIP_SO400M, encoder_source=SIGLIP_SO400M_SOURCE, encoder_kind="image encoder",
             loader="temporal:load_subject_consistency", norm=(0.95, 0.03), loss_target=1.0, loss_scale=1.0,
             min_frames=2,
+        ),
+        # VideoReward (reward/video_reward.py), a clip reward: Overall = VQ + MQ + TA, each standardised by the mean
+        # and std of its scores on the authors' data (model_config.json's inference_config), so Overall is unbounded
+        # with mean about 0 on such data. Its norm is a rough guess, not a measurement: three correlated unit-spread
+        # terms give a spread of about 2-3. It has no best value, so the loss target is a clip about two spreads
+        # above the mean and the scale puts the distance to it on a 0..1 range. It needs 2 frames (one temporal
+        # patch of Qwen2-VL); it samples its own, at 2 per second of the clip (frame rate `source_fps`, 16).
+        RewardSpec(
+            key="videoreward", label="VideoReward", checkpoint="VideoReward",
+            checkpoint_source="https://huggingface.co/KwaiVGI/VideoReward (the whole folder: model_config.json, "
+            "checkpoint-11352/model.pth and checkpoint-11352/tokenizer/)",
+            encoder=None, encoder_source=None, encoder_kind=None, loader="video_reward:load_video_reward",
+            norm=(0.0, 2.5), loss_target=5.0, loss_scale=0.2, min_frames=2,
         ),
     )
 }

@@ -85,11 +85,13 @@ class SubjectConsistency(ClipReward):
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         set_hf_checkpointing(self.backbone, self.backbone, enabled)
 
-    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+    embeds = True
+
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return model_output(self.backbone(pixel_values=pixels), "pooler_output")
 
     def score_clip(self, frames: torch.Tensor, text: None) -> torch.Tensor:
-        embeddings = F.normalize(self.per_chunk(frames, self.embed), dim=-1)
+        embeddings = F.normalize(self.per_chunk(frames, self.embed_pixels), dim=-1)
         return (embeddings[1:] * embeddings[:-1]).sum(-1).mean()
 
 

@@ -48,12 +48,10 @@ def test_api_twin_is_the_ui_graph_and_checks_out(name):
 def test_note_says_what_to_download_and_where(name):
     notes = [n["widgets_values"][0] for n in ui(name)["nodes"] if n["type"] in ("Note", "MarkdownNote")]
     assert len(notes) == 1
-    files = {(folder, file) for folder, file in model_files(api(name), SCHEMAS) if folder != "input"}
+    files = needed_models(api(name), SCHEMAS)  # those its widgets pick and the rewards it loads, trains or judges with
     assert files
     for folder, file in files:
         assert file in notes[0] and f"models/{folder}/" in notes[0], (folder, file)
-    if any(node["class_type"] == "VideoRewardModelLoader" for node in api(name).values()):
-        assert "HPS_v2.1_compressed.pt" in notes[0] and "models/reward_models/" in notes[0]
 
 
 def _nodes(graph: dict, class_type: str) -> list[dict]:
@@ -90,6 +88,11 @@ def test_seeds_settings(name):
         assert (train["strategy"], train["learning_rate"], train["cfg"], train["seed"], train["decoded_latents"]) == ("last", 1e-5, 6.0, 42, 1)
         assert train["gradient_checkpointing"] is True and train["checkpoint_every"] == 100 and train["shift"] == 0.0  # 0: Wan only
         assert len(train["prompts"].splitlines()) >= 5 and len(train["validation_prompts"].splitlines()) == 2
+        # guarded by default: judged by rewards it is not trained on (the judge scores the validation prompts), with
+        # early stopping on the judge; the costlier guards stay off
+        assert train["judge"] not in ("none", train["reward"], train["reward_2"]) and train["patience"] > 0
+        assert (train["judge"], train["judge_2"], train["patience"], train["judge_drop"], train["diversity_seeds"],
+                train["drift_weight"], train["dynamism_weight"]) == ("pickscore", "dynamism", 3, 0.0, 0, 0.0, 0.0)
     for pairs in _nodes(graph, "BuildPreferencePairs"):  # VideoDPO's sampling at the seeds' training size
         assert (pairs["family"], pairs["model_folder"], pairs["reward"], pairs["reward_2"]) == (
             "CogVideoX-Fun", "CogVideoX-Fun/CogVideoX-Fun-V1.1-2b-InP", "hps_v2.1", "none")
@@ -102,6 +105,7 @@ def test_seeds_settings(name):
         assert (dpo["beta"], dpo["dpo_alpha"], dpo["validation_pairs"], dpo["rank"], dpo["alpha"], dpo["learning_rate"]) == (5000.0, -1.0, 2, 128, 64.0, 1e-5)
         assert (dpo["train_steps"], dpo["checkpoint_every"], dpo["seed"], dpo["gradient_checkpointing"]) == (1000, 100, 42, True)
         assert len(dpo["validation_prompts"].splitlines()) == 2
+        assert (dpo["judge"], dpo["judge_2"], dpo["patience"], dpo["judge_drop"], dpo["diversity_seeds"]) == ("none", "none", 0, 0.0, 0)
     jobs = {k: v["class_type"] for k, v in graph.items() if v["class_type"] in JOB_NODES}
     assert sorted(status["job_id"][0] for status in _nodes(graph, "RewardTrainingStatus")) == sorted(jobs)  # one status per job
     previewed = [node["inputs"].get("source") or node["inputs"]["images"] for node in graph.values()
@@ -120,7 +124,10 @@ def test_widget_order_follows_the_frontend():
     assert slots("PrimitiveInt") == ["value", CONTROL]
     # an INT named seed gets the control widget unless its schema says otherwise (the pack's scoring and training seeds do)
     assert slots("VideoRewardScore") == ["prompt", "frames", "frame_count", "seed"]
-    assert slots("VideoRewardRank")[-1] == "seed" and slots("TrainRewardLoRA")[-3:] == ["seed", "gradient_checkpointing", "lora_name"]
+    guards = ["judge", "judge_2", "patience", "judge_drop", "diversity_seeds"]  # appended after lora_name
+    assert slots("VideoRewardRank")[-1] == "seed" and slots("TrainRewardLoRA")[-10:] == [
+        "seed", "gradient_checkpointing", "lora_name", *guards, "drift_weight", "dynamism_weight"]
+    assert slots("TrainDPOLoRA")[-8:] == ["seed", "gradient_checkpointing", "lora_name", *guards]
     sampler = slots("VideoRewardSampler")
     assert sampler[sampler.index("seed") + 1] == CONTROL and "start_image" not in sampler
 
@@ -222,7 +229,7 @@ def test_missing_models_check_counts_folders_and_auto_rewards():
     graph = ui("Train a reward LoRA")
     assert needed_models(api("Train a reward LoRA"), SCHEMAS) == {
         ("CogVideoX_Fun", "CogVideoX-Fun-V1.1-2b-InP"), ("reward_models", "HPS_v2.1_compressed.pt"),
-        ("reward_models", "CLIP-ViT-H-14-laion2B-s32B-b79K")}
+        ("reward_models", "CLIP-ViT-H-14-laion2B-s32B-b79K"), ("reward_models", "PickScore_v1")}  # the judge's; Dynamism has none
     broken = copy.deepcopy(graph)
     broken["models"] = [m for m in graph["models"] if m["directory"] != "CogVideoX_Fun"] + [
         {"name": "CogVideoX-Fun-V1.1-5b-InP/vae/diffusion_pytorch_model.safetensors", "url": "https://huggingface.co/x", "directory": "CogVideoX_Fun"},

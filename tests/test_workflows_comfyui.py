@@ -21,7 +21,7 @@ import pytest
 from random_lora import linear_shapes, random_lora
 
 from comfyui_server import PACK_NAME, PACK_ROOT, comfy_env, comfy_python, comfyui_server
-from workflow_check import API_WORKFLOWS, WORKFLOWS, load_schemas, model_files, set_widgets
+from workflow_check import API_WORKFLOWS, WORKFLOWS, load_schemas, model_files, needed_models, set_widgets
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set")
@@ -222,6 +222,9 @@ def watch_training(server, graph: dict, entry: dict, job_id: str | None = None) 
     entry, job_id = _queue_until_ended(server, graph, entry, status_id, job_id)
     text = entry["outputs"][status_id]["text"][0]
     assert text.startswith(f"job {job_id}: finished") and "step 3/3" in text and "held-out reward" in text, text
+    if graph[trainer]["inputs"]["judge"] != "none":  # the job's LoRA is the judge's best evaluation; the status says which
+        best = re.search(r"^judge: \S+ at the start, best \S+ at step (\d+), \S+ now$", text, re.MULTILINE)
+        assert best and f"the LoRA is step {best.group(1)}'s, the judge's best" in text, text
     assert entry["outputs"][lora_id]["text"][0] == f"video_reward/{lora_name}.safetensors"  # the Trained LoRA node
     assert [p.parent.name for p in jobs.glob("*/job.json")
             if json.loads(p.read_text())["export_to"].endswith(f"/{lora_name}.safetensors")] == [job_id]
@@ -249,10 +252,12 @@ def check_videos(server, name: str, api: dict, entry: dict) -> None:
         assert len(ranking) == 2 and ranking[0].startswith("#1: video "), ranking
 
 
-def test_api_workflow_runs(server, models, name):
+def test_api_workflow_runs(server, models, reward_root, name):
     api = json.loads((API_WORKFLOWS / f"{name}.json").read_text())
-    provided = {(folder, str(p.relative_to(models / folder))) for folder in FOLDERS for p in (models / folder).glob("*")}
-    assert model_files(api, SCHEMAS) - provided <= {("input", "example.png")}
+    roots = {**{folder: models / folder for folder in FOLDERS}, "reward_models": reward_root}
+    provided = {(folder, str(p.relative_to(root))) for folder, root in roots.items() for p in root.glob("*")}
+    # every file the graph picks or loads (its rewards, a judge's PickScore too) is there under its official name
+    assert (model_files(api, SCHEMAS) | needed_models(api, SCHEMAS)) - provided <= {("input", "example.png")}
     graph = set_widgets(api, SCHEMAS, tiny_overrides(api))
     entry = server.run(graph, timeout=600)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-3000:]

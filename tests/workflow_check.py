@@ -357,7 +357,7 @@ def model_files(api: dict, schemas: dict[str, dict]) -> set[tuple[str, str]]:
 
 def needed_models(api: dict, schemas: dict[str, dict]) -> set[tuple[str, str]]:
     """(folder, name) of every model file or folder an API-format graph needs: those its widgets pick, and the
-    official files of the rewards it loads by their `auto` names or trains with."""
+    official files of the rewards it loads by their `auto` names, trains with or judges with."""
     from video_reward_lora.reward.registry import REWARDS
 
     needed = {(folder, name) for folder, name in model_files(api, schemas) if folder != "input"}
@@ -369,9 +369,9 @@ def needed_models(api: dict, schemas: dict[str, dict]) -> set[tuple[str, str]]:
             needed |= {("reward_models", official) for name, official in (("checkpoint", spec.checkpoint), ("encoder", spec.encoder))
                        if inputs[name] in choices[name]}
         elif node["class_type"] in JOB_NODES:
-            for key in (inputs["reward"], inputs.get("reward_2", "none")):
-                if key in REWARDS:
-                    needed |= {("reward_models", REWARDS[key].checkpoint), ("reward_models", REWARDS[key].encoder)}
+            for key in (inputs.get(name, "none") for name in ("reward", "reward_2", "judge", "judge_2")):
+                if key in REWARDS:  # the clip rewards Flicker and Dynamism need no files
+                    needed |= {("reward_models", file) for file in (REWARDS[key].checkpoint, REWARDS[key].encoder) if file}
     return needed
 
 

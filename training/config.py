@@ -103,6 +103,13 @@ class TrainConfig:
     beta: float = 5000.0  # the DPO β (VideoDPO's default)
     dpo_alpha: float | None = None  # the pairs' re-weighting exponent α; None: the dataset's own
     validation_pairs: int = 0  # dpo: the dataset's last pairs, held out of training for the implicit-accuracy evaluation
+    # Guards against reward hacking (training.engine.guards); all off by default.
+    judge: list[RewardChoice] = field(default_factory=list)  # a reward mix never trained on, scored on the validation prompts
+    patience: int = 0  # stop when the judge has not improved for this many evaluations (0: never)
+    judge_drop: float = 0.0  # stop when the judge falls more than this fraction of its best below its best (0: never)
+    drift_weight: float = 0.0  # reward_backprop: weight of the mean squared difference from the LoRA-off prediction
+    dynamism_weight: float = 0.0  # reward_backprop: weight of the relative loss of motion against the LoRA-off sample
+    diversity_seeds: int = 0  # seeds per validation prompt for the judge-embedding diversity (0: not measured)
 
     def validate(self, dataset: bool = True) -> "TrainConfig":
         """Raise ValueError naming the first setting that cannot work (and what it allows); nothing is loaded. With
@@ -137,8 +144,9 @@ class TrainConfig:
             raise ValueError("the 8-bit AdamW optimizer does not work on FSDP-sharded weights; use adamw with fsdp")
         if self.vae_gradient_checkpointing and self.family != "cogvideox":
             raise ValueError(f"VAE gradient checkpointing works for the CogVideoX VAE only; {self.family}'s VAE does not support it")
+        self._check_guards()
         if self.method == "reward_backprop":
-            decoded = min(self.frames, (self.decoded_latents - 1) * family_class(self.family).temporal_scale + 1)
+            decoded = self.decoded_frames()
             for choice in self.rewards:
                 needed = REWARDS[choice.key].min_frames
                 if decoded < needed:
@@ -165,6 +173,34 @@ class TrainConfig:
             raise PreferenceDataError(f"validation_pairs {self.validation_pairs}: {data.folder} has {len(data.pairs)} "
                                       "pairs; hold out fewer, so that some remain to train on")
         return data
+
+    def decoded_frames(self) -> int:
+        """How many frames decoding `decoded_latents` latents gives (reward backpropagation scores those)."""
+        return min(self.frames, (self.decoded_latents - 1) * family_class(self.family).temporal_scale + 1)
+
+    def _check_guards(self) -> None:
+        """The guards against reward hacking: each needs what it measures."""
+        if self.judge:
+            check_rewards(self.judge)
+            if not self.validation_prompts:
+                raise ValueError("judge: a judge scores the validation prompts; give validation_prompts")
+        for name in ("patience", "diversity_seeds", "judge_drop", "drift_weight", "dynamism_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if (self.patience or self.judge_drop or self.diversity_seeds) and not self.judge:
+            raise ValueError("patience, judge_drop and diversity_seeds act on the judge: choose a judge (a reward mix "
+                             "not trained on) and validation_prompts")
+        if self.judge_drop >= 1:
+            raise ValueError(f"judge_drop is a fraction of the judge's best (0..1), got {self.judge_drop}")
+        if self.diversity_seeds == 1:
+            raise ValueError("diversity_seeds: the spread across seeds needs at least 2 seeds (0 turns it off)")
+        if (self.drift_weight or self.dynamism_weight) and self.method != "reward_backprop":
+            raise ValueError("drift_weight and dynamism_weight guard reward backpropagation; DPO's beta already holds "
+                             "the model near its reference")
+        decoded = self.decoded_frames()
+        if self.dynamism_weight and decoded < 2:
+            raise ValueError(f"dynamism_weight: motion needs 2 decoded frames or more; decoded_latents "
+                             f"{self.decoded_latents} decodes {decoded}: decode 2 latents or more")
 
     def _check_sampling(self) -> None:
         """The loss, the video size, the steps that carry gradients and the prompts."""
@@ -219,8 +255,14 @@ def settings_of(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
     if "family" not in data or "model" not in data:
         raise ValueError(f"a {what} config needs 'family' and 'model'")
     data = dict(data)
-    data["rewards"] = [RewardChoice(**r) if isinstance(r, dict) else RewardChoice(r) for r in data.get("rewards", ["hps_v2.1"])]
+    data["rewards"] = _choices(data.get("rewards", ["hps_v2.1"]))
+    if "judge" in known:
+        data["judge"] = _choices(data.get("judge", []))
     return data
+
+
+def _choices(rewards: list[Any]) -> list[RewardChoice]:
+    return [RewardChoice(**r) if isinstance(r, dict) else RewardChoice(r) for r in rewards]
 
 
 def check_types(settings: Any) -> None:

@@ -52,6 +52,7 @@ def curve_panels(metrics: Sequence[dict[str, Any]], loss: str = "negative", max_
     if not mirror:
         panels.append(Panel([Series("loss", [m["loss"] for m in steps], x)], "loss", "step",
                             "|reward − target| × scale" if key == "reward" else "DPO loss", empty_text=waiting))
+    panels += guard_panels(metrics)
     norms = [m.get("grad_norm", float("nan")) for m in steps]
     title, clip = "gradient norm (before clipping)", {}
     if max_grad_norm is not None:
@@ -66,3 +67,32 @@ def curve_panels(metrics: Sequence[dict[str, Any]], loss: str = "negative", max_
 def training_curves(metrics: Sequence[dict[str, Any]], loss: str = "negative", max_grad_norm: float | None = None) -> np.ndarray:
     """`[H,W,3]` uint8 panels over the training steps (see `curve_panels`)."""
     return draw_panels(curve_panels(metrics, loss, max_grad_norm))
+
+
+# The guards' measures (engine.guards, methods.reward_backprop), each on its own axis: (metric, panel title, y label).
+GUARD_PANELS = (
+    ("drift", "drift: squared difference from the LoRA-off prediction", "mean squared difference"),
+    ("dynamism", "dynamism of the training samples", "mean squared frame change"),
+    ("diversity", "diversity across seeds (judge embeddings)", "mean cosine distance"),
+)
+
+
+def guard_panels(metrics: Sequence[dict[str, Any]]) -> list[Panel]:
+    """The judge's score per evaluation with its best marked, and each guard measure the run recorded."""
+    panels = []
+    judged = [m for m in metrics if "judge" in m]
+    if judged:
+        best = max(judged, key=lambda m: m["judge"])
+        panels.append(Panel([Series("judge", [m["judge"] for m in judged], [m["step"] for m in judged], points=True),
+                             Series(f"best (step {best['step']})", [best["judge"]], [best["step"]], points=True)],
+                            f"held-out judge (best at step {best['step']})", "step", "judge score"))
+    for key, title, label in GUARD_PANELS:
+        recorded = [m for m in metrics if key in m]
+        if not recorded:
+            continue
+        series = [Series(key, [m[key] for m in recorded], [m["step"] for m in recorded], points=key == "diversity")]
+        base = [m for m in recorded if f"{key}_base" in m]
+        if base:
+            series.append(Series("LoRA off, same noise", [m[f"{key}_base"] for m in base], [m["step"] for m in base]))
+        panels.append(Panel(series, title, "step", label))
+    return panels

@@ -12,7 +12,7 @@ from typing import Callable, Collection
 
 import torch
 
-from .families.base import VideoFamily
+from .families.base import TextEmbeddings, VideoFamily
 
 
 def sample(
@@ -29,11 +29,14 @@ def sample(
     grad_steps: Collection[int] = (),
     stop_input_gradient: bool = False,
     callback: Callable[[int, int], None] | None = None,
+    on_grad_prediction: Callable[[torch.Tensor, torch.Tensor, TextEmbeddings, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Latents of `len(prompts)` videos; `start_image` `[B,3,H,W]` in 0..1 makes it image-to-video.
 
     `stop_input_gradient` (DRTune) detaches the transformer's input on the grad steps, so a step's gradient flows
-    through its own prediction only. `callback(step, steps)` runs after every step (progress, cancellation)."""
+    through its own prediction only. `callback(step, steps)` runs after every step (progress, cancellation);
+    `on_grad_prediction(input, t, text, condition, prediction)` after the transformer's call on every grad step (the
+    drift guard compares it with the LoRA-off prediction)."""
     family.check_size(frames, height, width)
     scheduler = family.schedule(steps, family.device)
     guided = guidance > 1.0
@@ -52,6 +55,8 @@ def sample(
             if hasattr(scheduler, "scale_model_input"):
                 model_input = scheduler.scale_model_input(model_input, t)
             prediction = family.predict(model_input, t, text, condition)
+            if on_grad_prediction is not None and index in grad_steps:
+                on_grad_prediction(model_input, t, text, condition, prediction)
             if guided:
                 negative, positive = prediction.chunk(2)
                 prediction = negative + guidance * (positive - negative)

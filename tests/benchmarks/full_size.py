@@ -2,7 +2,10 @@
 and VAE are swapped for the real architectures, with random text embeddings of the real widths (no hub needed)."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch import nn
 
 TRANSFORMERS = {
     "cogvideox": ("CogVideoXTransformer3DModel", dict(
@@ -27,12 +30,25 @@ def _text_width(family_key: str, tensor_name: str) -> int:
     return config["text_embed_dim_t5"] if tensor_name.endswith("t5") else config["text_embed_dim"]
 
 
-def make_full_size(family, family_key: str, prompts: list[str], generator: torch.Generator) -> None:
-    """Swap in full-size random transformer(s) and VAE (on the family's device and dtype) and cache random text
-    embeddings of the real widths for `prompts`, then release the tiny text encoders."""
+def build_transformer(family_key: str, **overrides: Any) -> nn.Module:
+    """The family's full-size transformer with random weights (float32, on the current default device), its
+    configuration updated with `overrides` (e.g. the layer counts of another model size)."""
     import diffusers
 
-    device, dtype = family.device, family.dtype
+    name, config = TRANSFORMERS[family_key]
+    return getattr(diffusers, name)(**{**config, **overrides}).eval().requires_grad_(False)
+
+
+def build_vae(family_key: str) -> nn.Module:
+    """The family's VAE with its default (published) configuration and random weights."""
+    import diffusers
+
+    return getattr(diffusers, VAES[family_key])().eval().requires_grad_(False)
+
+
+def full_size_text(family, family_key: str, prompts: list[str], generator: torch.Generator) -> None:
+    """Cache random text embeddings of the real widths for `prompts` (encoded once by the tiny text encoders for
+    their lengths and masks), then release the tiny text encoders."""
     for prompt in prompts:
         family.encode([prompt])
         cached = family._text_cache[prompt].tensors
@@ -40,13 +56,19 @@ def make_full_size(family, family_key: str, prompts: list[str], generator: torch
             k: torch.randn(*v.shape[:2], _text_width(family_key, k), generator=generator) if v.is_floating_point() else v
             for k, v in cached.items()}
     family.release_text_encoders()
-    name, config = TRANSFORMERS[family_key]
+
+
+def make_full_size(family, family_key: str, prompts: list[str], generator: torch.Generator) -> None:
+    """Swap in full-size random transformer(s) and VAE (on the family's device and dtype) and cache random text
+    embeddings of the real widths for `prompts`, then release the tiny text encoders."""
+    device, dtype = family.device, family.dtype
+    full_size_text(family, family_key, prompts, generator)
     for expert in family.transformers:
         with torch.device(device):
-            full = getattr(diffusers, name)(**config).to(dtype).eval().requires_grad_(False)
+            full = build_transformer(family_key).to(dtype)
         if expert == "high":
             family.high = full.to("cpu") if getattr(family, "offload_idle", False) else full
         else:
             family.transformer = full
     with torch.device(device):
-        family.vae = getattr(diffusers, VAES[family_key])().to(dtype).eval().requires_grad_(False)
+        family.vae = build_vae(family_key).to(dtype)

@@ -48,6 +48,9 @@ class Job:
     def metrics(self):
         return []
 
+    def settings(self):
+        return {}
+
 
 training.time.sleep = lambda seconds: None
 training._start_watch(Job(), "7")

@@ -22,17 +22,22 @@ from typing import Any
 
 import torch
 
-from ...reward.files import atomic_folder
+from ...reward.composite import CompositeReward
+from ...reward.files import atomic_folder, write_json_atomic
 from ...reward.seeds import derive_seed, seeded_generator
+from ..build import load_reward_mix
 from ..config import TrainConfig
 from ..distributed import zero
 from ..distributed.sharding import full, shard, wants_fsdp
 from ..families.base import VideoFamily
 from ..lora.adapters import add_trainable, export
 from ..lora.formats import Lora, write_lora
+from ..scored import scored_sample
 from .checkpoint import gather_state, load_state, save_state
+from .guards import diversity, embedder
 
 ADAPTER = "reward_train"
+EXTRA_FILE = "extra.json"  # in a checkpoint: the job's own state at that step
 # The first key under the config's seed of the micro-batch draws; a method keys its other kinds of draw from 1 on, so
 # that no two kinds share a stream: (STEP_DRAWS, step, micro-batch, process) seeds `MicroBatch.generator`
 STEP_DRAWS = 0
@@ -115,6 +120,8 @@ class Engine(ABC):
         self.step = 0
         self.autocast = (torch.autocast(family.device.type, dtype=family.dtype)
                          if family.dtype != torch.float32 else contextlib.nullcontext())
+        self.judge = (load_reward_mix(config.judge, config.reward_roots, family.dtype, family.device)
+                      if config.judge else None)  # the held-out judge (`guards`), never trained on
 
     def trained_expert(self) -> str:
         """The transformer the LoRA trains: the config's expert (Wan2.2), else the family's one transformer."""
@@ -144,6 +151,27 @@ class Engine(ABC):
     def validation(self) -> dict[str, float]:
         """The held-out scores to record, by metric name (by default `evaluate`'s on the validation prompts)."""
         return {self.validation_key: self.evaluate(self.config.validation_prompts)}
+
+    def held_out_score(self, reward: CompositeReward, prompts: list[str]) -> float:
+        """The mean score by `reward` of `prompts`, each sampled whole (every frame decoded) from its fixed noise."""
+        scores = []
+        for index, prompt in enumerate(prompts):
+            with self.autocast:
+                made = scored_sample(self.family, reward, prompt, self.config, held_out_generator(self.config.seed, index))
+            scores.append(made.score)
+        return sum(scores) / len(scores)
+
+    def judged(self) -> dict[str, float]:
+        """The judge's score of the validation prompts and, with `diversity_seeds`, the diversity ({} without a judge)."""
+        c = self.config
+        if self.judge is None:
+            return {}
+        scores = {"judge": self.held_out_score(self.judge, c.validation_prompts)}
+        model = embedder(self.judge)
+        if c.diversity_seeds and model is not None:
+            with self.autocast:
+                scores["diversity"] = diversity(self.family, model, c.validation_prompts, c, c.seed, c.diversity_seeds)
+        return scores
 
     def _optimizer(self) -> torch.optim.Optimizer:
         c = self.config
@@ -217,14 +245,17 @@ class Engine(ABC):
         for param, chunk in zip(params, flat.split([g.numel() for g in grads])):
             param.grad = chunk.view_as(param).to(param.dtype)
 
-    def save(self, folder: Path) -> None:
-        """A checkpoint: the LoRA in the published format (loadable as it is) plus the exact trainer state."""
+    def save(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
+        """A checkpoint: the LoRA in the published format (loadable as it is) plus the exact trainer state, and
+        `extra` (the job's own state, e.g. the judge watch) as `extra.json`."""
         lora, state = self._lora(), self._state()
         if not self.main:
             return
         with atomic_folder(folder) as staging:
             write_lora(lora, staging / "lora.safetensors", "videox")
             save_state(staging, state)
+            if extra is not None:
+                write_json_atomic(staging / EXTRA_FILE, extra)
 
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         if self.deepspeed is None:

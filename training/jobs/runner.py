@@ -3,6 +3,7 @@ LoRA (a training job) or make and pair videos (a preference-pair job, `preferenc
 says how it ended (finished, cancelled, failed with the reason)."""
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import time
@@ -10,16 +11,18 @@ import traceback
 import uuid
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Any
 import torch
 
-from ...reward.files import atomic_path, write_text_atomic
+from ...reward.files import atomic_path, write_json_atomic, write_text_atomic
 from ...reward.plot import save_frames
 from ..build import resolve_device, resolve_dtype
 from ..config import TrainConfig
 from ..curves import headline
 from ..distributed import zero
 from ..distributed.sharding import full, held_fraction
-from ..engine.engine import Engine, TrainingDiverged
+from ..engine.engine import EXTRA_FILE, Engine, TrainingDiverged
+from ..engine.guards import JudgeWatch
 from ..methods.dpo import DiffusionDPO
 from ..methods.reward_backprop import RewardBackprop
 from ..preference.builder import build_pairs
@@ -28,6 +31,7 @@ from .jobs import Job, JobConfig, export_lora
 from . import gpu_lock
 
 KEEP_CHECKPOINTS = 3
+BEST_FOLDER = "best"  # in the job folder, with a judge: the LoRA of the judge's best evaluation and best.json
 METHODS: dict[str, type[RewardBackprop] | type[DiffusionDPO]] = {"reward_backprop": RewardBackprop, "dpo": DiffusionDPO}
 OUT_OF_MEMORY_HINT = ("lower the size, frames or rank, keep gradient checkpointing on, decode fewer latents, or train "
                       "fewer steps with gradients")
@@ -134,50 +138,83 @@ def _train(job: Job, config: TrainConfig, accelerator) -> str:
         scheme = "FSDP" if trainer.sharded else f"DeepSpeed ZeRO-{trainer.deepspeed.zero_optimization_stage()}"
         print(f"{scheme} over {accelerator.num_processes} processes: this one holds {held_fraction(trainer.transformer):.1%} "
               f"of the {trainer.expert} transformer's weights", flush=True)
+    watch = JudgeWatch(config.patience, config.judge_drop)
     latest = job.latest_checkpoint()
     if latest is not None:
         trainer.load(latest)
+        if (latest / EXTRA_FILE).is_file():
+            watch = JudgeWatch.from_state(json.loads((latest / EXTRA_FILE).read_text())["judge_watch"], config.patience,
+                                         config.judge_drop)
         if main:
             job.truncate_metrics(trainer.step)
             print(f"resumed from {latest.name}", flush=True)
     if trainer.step == 0 and trainer.validating():  # every process evaluates: sharded weights need them all
-        scores = trainer.validation()
+        scores = {"step": 0, **trainer.validation(), **trainer.judged()}
         if main:
-            job.append_metrics({"step": 0, **scores})
+            job.append_metrics(scores)
+        _judge(job, trainer, watch, scores)
     bar = tqdm(total=config.max_steps, initial=trainer.step, desc=f"training {job.id}", disable=not main)
-    while trainer.step < config.max_steps:
+    stop = ""
+    while trainer.step < config.max_steps and not stop:
         if _cancelled(job, accelerator):
-            _checkpoint(job, trainer)
+            _checkpoint(job, trainer, watch)
             if main:
                 job.set_status("cancelled", f"cancelled at step {trainer.step}; checkpoint saved (resume continues from it)",
-                               step=trainer.step, resumable=True)
+                               step=trainer.step, resumable=True, **_best(watch, trainer))
             return "cancelled"
         record = trainer.train_step()
         last = trainer.step == config.max_steps
         if trainer.validating() and (trainer.step % config.validation_every == 0 or last):
             record.update(trainer.validation())
+            record.update(trainer.judged())
+            stop = _judge(job, trainer, watch, record)
         shown = headline([record])[0]  # the method's headline metric, beside the loss
         if main:
             job.append_metrics(record)
-        if trainer.step % config.checkpoint_every == 0 or last:
-            _checkpoint(job, trainer)
+        if trainer.step % config.checkpoint_every == 0 or last or stop:
+            _checkpoint(job, trainer, watch)
         if main:
             if trainer.last_frames is not None and (trainer.step % config.sample_every == 0 or last or trainer.step == 1):
                 save_frames(trainer.last_frames, job.samples / "latest.png")
                 with atomic_path(job.samples / f"step-{trainer.step:06d}.png") as copy:
                     shutil.copyfile(job.samples / "latest.png", copy)
             job.set_status("running", f"step {trainer.step}/{config.max_steps}", step=trainer.step,
-                           loss=record["loss"], **{shown: record[shown]})
+                           loss=record["loss"], **{shown: record[shown]}, **_best(watch, trainer))
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4g}", **{shown: f"{record[shown]:.4g}"})
     bar.close()
     checksums = _rank_checksums(trainer, accelerator)
-    trainer.write_lora(job.lora)
+    if trainer.judge is None:
+        trainer.write_lora(job.lora)
+    elif main:  # the job's result is the LoRA of the judge's best evaluation
+        with atomic_path(job.lora) as copy:
+            shutil.copyfile(job.path / BEST_FOLDER / "lora.safetensors", copy)
     if main:
         exported = export_lora(job)
-        job.set_status("finished", f"trained {trainer.step} steps", step=trainer.step, lora=str(exported or job.lora),
-                       rank_checksums=checksums)
+        ended = f"stopped early at step {trainer.step}: {stop}" if stop else f"trained {trainer.step} steps"
+        if trainer.judge is not None:
+            ended += f"; the LoRA is step {watch.best_step}'s, the judge's best ({watch.best:.5g})"
+        job.set_status("finished", ended, step=trainer.step, lora=str(exported or job.lora), rank_checksums=checksums,
+                       **_best(watch, trainer))
+        print(f"finished: {ended}", flush=True)
     return "finished"
+
+
+def _best(watch: JudgeWatch, trainer: Engine) -> dict[str, Any]:
+    """The judge's best so far, for the status (nothing without a judge)."""
+    return {"best_step": watch.best_step, "best_judge": watch.best} if trainer.judge is not None and watch.best is not None else {}
+
+
+def _judge(job: Job, trainer: Engine, watch: JudgeWatch, scores: dict[str, Any]) -> str:
+    """Give the judge's score to the watch; keep the LoRA of a new best (in `best/`); returns why to stop, or ""."""
+    if "judge" not in scores:
+        return ""
+    improved, stop = watch.update(trainer.step, scores["judge"])
+    if improved:  # every process gathers the LoRA; the main one writes it
+        trainer.write_lora(job.path / BEST_FOLDER / "lora.safetensors")
+        if trainer.main:
+            write_json_atomic(job.path / BEST_FOLDER / "best.json", {"step": watch.best_step, "judge": watch.best})
+    return stop
 
 
 def _rank_checksums(trainer: Engine, accelerator) -> list[float]:
@@ -187,8 +224,10 @@ def _rank_checksums(trainer: Engine, accelerator) -> list[float]:
     return accelerator.gather(total.to(accelerator.device)).tolist()
 
 
-def _checkpoint(job: Job, trainer: Engine) -> None:
+def _checkpoint(job: Job, trainer: Engine, watch: JudgeWatch) -> None:
     """Called by every process (sharded state is gathered); the main one writes and prunes."""
-    trainer.save(job.checkpoints / f"step-{trainer.step:06d}")
+    trainer.save(job.checkpoints / f"step-{trainer.step:06d}", {"judge_watch": watch.state()})
+    best = f"step-{watch.best_step:06d}" if trainer.judge is not None else None  # the judge's best checkpoint stays
     for old in job.checkpoint_dirs()[:-KEEP_CHECKPOINTS] if trainer.main else ():
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name != best:
+            shutil.rmtree(old, ignore_errors=True)

@@ -37,7 +37,21 @@ def describe(job: Job, status: dict[str, Any]) -> str:
         values = [m[metric] for m in metrics if metric in m]
         if values:
             lines.append(f"held-out {name}: {values[0]:.5g} at the start, {values[-1]:.5g} now")
-    return "\n".join(lines)
+    return "\n".join(lines + _guard_lines(metrics))
+
+
+def _guard_lines(metrics: list[dict[str, Any]]) -> list[str]:
+    """The judge (start, best, now) and the last value of each guard measure."""
+    lines = []
+    judged = [m for m in metrics if "judge" in m]
+    if judged:
+        best = max(judged, key=lambda m: m["judge"])
+        lines.append(f"judge: {judged[0]['judge']:.5g} at the start, best {best['judge']:.5g} at step {best['step']}, "
+                     f"{judged[-1]['judge']:.5g} now")
+    last = {key: m[key] for m in metrics for key in ("drift", "dynamism", "dynamism_base", "diversity") if key in m}
+    if last:
+        lines.append(", ".join(f"{key.replace('_', ' ')} {value:.4g}" for key, value in last.items()))
+    return lines
 
 
 def _pairs_lines(job: Job, status: dict[str, Any]) -> list[str]:

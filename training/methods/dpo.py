@@ -22,12 +22,11 @@ from ...reward.seeds import seeded_generator
 from ..build import load_family, load_reward_mix
 from ..config import TrainConfig
 from ..distributed.sharding import wants_fsdp
-from ..engine.engine import Engine, MicroBatch, held_out_generator
+from ..engine.engine import Engine, MicroBatch
 from ..families.base import VideoFamily
 from ..lora.adapters import disabled
 from ..preference.dataset import PreferenceDataError, PreferenceDataset, PreferencePair
 from ..preference.video import read_mp4
-from ..scored import scored_sample
 
 DEFAULT_BETA = 5000.0  # VideoDPO's configs/vc2_dpo/config.yaml
 PREDICTION_TYPES = ("epsilon", "v_prediction", "flow")
@@ -264,12 +263,7 @@ class DiffusionDPO(Engine):
 
     def held_out_reward(self, prompts: list[str]) -> float:
         """The mean reward of `prompts`, each sampled (every frame decoded) from its fixed held-out noise."""
-        scores = []
-        for index, prompt in enumerate(prompts):
-            with self.autocast:
-                made = scored_sample(self.family, self.reward, prompt, self.config, held_out_generator(self.config.seed, index))
-            scores.append(made.score)
-        return sum(scores) / len(scores)
+        return self.held_out_score(self.reward, prompts)
 
     @torch.no_grad()
     def evaluate(self, prompts: list[str]) -> float:

@@ -10,11 +10,13 @@ import torch
 
 from ...reward.composite import reward_loss, select_frames
 from ...reward.seeds import derive_seed
+from ...reward.temporal import Dynamism
 from ..build import RewardObjective, load_family, load_objective
 from ..config import TrainConfig, read_prompts
 from ..distributed.sharding import wants_fsdp
 from ..engine.engine import Engine, MicroBatch, held_out_generator
 from ..families.base import VideoFamily
+from ..lora.adapters import disabled
 from ..sampler import sample
 from ..steps import grad_steps
 
@@ -22,6 +24,7 @@ from ..steps import grad_steps
 # a micro-batch's prompts, noise and steps with gradients):
 STEP_FRAMES = 1  # (STEP_FRAMES, step, micro-batch, process): the frames a micro-batch scores
 HELD_OUT_FRAMES = 3  # (HELD_OUT_FRAMES, index): the frames scored for held-out prompt `index` (its noise: engine's)
+MOTION_FLOOR = 1e-8  # the base dynamism below which a clip counts as still (no motion to lose)
 
 
 class RewardBackprop(Engine):
@@ -33,6 +36,7 @@ class RewardBackprop(Engine):
         if config.vae_gradient_checkpointing:
             family.vae.enable_gradient_checkpointing()
         super().__init__(config, family, accelerator)
+        self.motion = Dynamism("Dynamism")  # the dynamism guard's measure (reward.temporal)
         if self.main and family.sampling_settings():
             print(self.sampling_note(), flush=True)
 
@@ -73,11 +77,34 @@ class RewardBackprop(Engine):
         settings = ", ".join(f"{key} {value:g}" for key, value in self.family.sampling_settings().items())
         return f"{self.family.name} sampling: {settings}; of {len(names)} steps, {', '.join(runs)}"
 
-    def decoded_frames(self, prompts: list[str], generator: torch.Generator, chosen: list[int]) -> torch.Tensor:
+    def decoded_frames(self, prompts: list[str], generator: torch.Generator, chosen: list[int],
+                       on_grad_prediction: Any = None) -> torch.Tensor:
         c = self.config
         latents = sample(self.family, prompts, c.negative_prompt, c.frames, c.height, c.width, c.steps, c.guidance,
-                         generator, grad_steps=chosen, stop_input_gradient=c.stop_input_gradient)
+                         generator, grad_steps=chosen, stop_input_gradient=c.stop_input_gradient,
+                         on_grad_prediction=on_grad_prediction)
         return self.family.decode(latents, first_n=c.decoded_latents)
+
+    def _drift(self, drifts: list[torch.Tensor]) -> Any:
+        """A sampler hook that appends each grad step's mean squared difference from the LoRA-off prediction."""
+        def measure(model_input: torch.Tensor, t: torch.Tensor, text: Any, condition: torch.Tensor,
+                    prediction: torch.Tensor) -> None:
+            with torch.no_grad(), disabled(self.transformer):
+                reference = self.family.predict(model_input, t, text, condition)
+            drifts.append((prediction.float() - reference.float()).square().mean())
+        return measure
+
+    def _lost_motion(self, frames: torch.Tensor, prompts: list[str], noise: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The dynamism guard: the mean over the batch of max(0, 1 − dynamism / base dynamism), where the base is
+        the LoRA-off sample from the same noise (`noise`: the generator's state before sampling)."""
+        base_generator = torch.Generator()  # the micro-batch's generators are CPU ones (reward.seeds)
+        base_generator.set_state(noise)
+        with torch.no_grad(), disabled(self.transformer):
+            base = self.decoded_frames(prompts, base_generator, [])
+        motion = torch.cat([self.motion(clip) for clip in frames])
+        base_motion = torch.cat([self.motion(clip) for clip in base]).clamp_min(MOTION_FLOOR)
+        lost = (1 - motion / base_motion).clamp_min(0).mean()
+        return lost, {"dynamism": motion.detach().mean(), "dynamism_base": base_motion.mean()}
 
     def _rewards(self, frames: torch.Tensor, prompts: list[str], seed: int) -> torch.Tensor:
         indices = select_frames(frames.shape[1], self.config.frame_mode, self.config.frame_count, seed)
@@ -85,14 +112,25 @@ class RewardBackprop(Engine):
 
     def loss(self, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, Any]]:
         """Sample `batch_size` drawn prompts with gradients on the chosen steps, decode, score; the loss of the reward."""
-        generator = batch.generator
-        prompts = [self.prompts[i] for i in torch.randint(len(self.prompts), (self.config.batch_size,), generator=generator)]
+        c, generator = self.config, batch.generator
+        prompts = [self.prompts[i] for i in torch.randint(len(self.prompts), (c.batch_size,), generator=generator)]
         chosen = self.chosen_steps(generator)
-        frames = self.decoded_frames(prompts, generator, chosen)
+        noise = generator.get_state()
+        drifts: list[torch.Tensor] = []
+        frames = self.decoded_frames(prompts, generator, chosen, self._drift(drifts) if c.drift_weight else None)
         reward = self._rewards(frames, prompts, seed=batch.derived_seed(STEP_FRAMES))
         self.last_frames = frames.detach()[:, 0].float().cpu()
         loss = reward_loss(reward, self.objective.form, self.objective.target, self.objective.scale)
-        return loss, {"reward": reward.detach().float().mean(), "grad_steps": chosen}
+        metrics: dict[str, Any] = {"reward": reward.detach().float().mean(), "grad_steps": chosen}
+        if drifts:
+            drift = torch.stack(drifts).mean()
+            loss = loss + c.drift_weight * drift
+            metrics["drift"] = drift.detach()
+        if c.dynamism_weight:
+            lost, measured = self._lost_motion(frames, prompts, noise)
+            loss = loss + c.dynamism_weight * lost
+            metrics.update(measured, lost_motion=lost.detach())
+        return loss, metrics
 
     @torch.no_grad()
     def evaluate(self, prompts: list[str]) -> float:

@@ -1,0 +1,96 @@
+"""The whole VideoDPO pipeline on tiny models: a pair job samples videos per prompt and scores them with a tiny reward,
+then Diffusion-DPO trains a LoRA on the pairs. On every family the implicit accuracy on held-out pairs rises above
+chance; on CogVideoX the held-out reward (held-out prompts sampled from fixed noise, scored with the reward mix) of the
+LoRA model exceeds the base model's by more than five times the base model's seed-to-seed spread."""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pytest
+import torch
+
+from video_reward_lora.reward.tiny import write_reward_models
+from video_reward_lora.training.config import TrainConfig
+from video_reward_lora.training.families.tiny import write_cogvideox_fun, write_easyanimate
+from video_reward_lora.training.families.tiny_wan import write_wan22
+from video_reward_lora.training.jobs.jobs import create_job
+from video_reward_lora.training.jobs.runner import run_job
+from video_reward_lora.training.methods.dpo import DiffusionDPO
+from video_reward_lora.training.preference.config import PairsConfig
+
+FAMILIES = ("cogvideox", "easyanimate", "wan2.2")
+PROMPTS = [f"prompt number {i}" for i in range(16)]
+HELD_OUT = ["a held out prompt", "another held out one", "third held out"]
+REWARD = "aesthetic_v2.5"
+
+
+@dataclass
+class Trained:
+    """A finished DPO job: its config and its metrics records (the first is the base model's step-0 validation)."""
+
+    config: TrainConfig
+    metrics: list[dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("models")
+    return {"cogvideox": {"folder": str(write_cogvideox_fun(root / "cogvideox"))},
+            "easyanimate": {"folder": str(write_easyanimate(root / "easyanimate"))},
+            "wan2.2": {k: str(v) for k, v in write_wan22(root / "wan").items()},
+            "rewards": write_reward_models(root / "reward_models", (REWARD,))}
+
+
+def common(models: dict[str, Any], family: str) -> dict[str, Any]:
+    """The settings the pair job and the DPO job share: the tiny model, the tiny reward, the video and its sampling."""
+    return dict(family=family, model=models[family], rewards=[{"key": REWARD}], reward_roots=[str(models["rewards"])],
+                height=32, width=32, frames=9, steps=4, guidance=3.0)
+
+
+@pytest.fixture(scope="module")
+def trained(models, tmp_path_factory) -> Callable[[str], Trained]:
+    """Runs the pipeline of a family once (pairs of 4 videos for each of 16 prompts, best against worst, then 40 DPO
+    steps of 4 pairs) and keeps the result for every test that asks for it."""
+    done: dict[str, Trained] = {}
+
+    def run(family: str) -> Trained:
+        if family not in done:
+            root = tmp_path_factory.mktemp(family.replace(".", ""))
+            pairs = PairsConfig.from_dict({**common(models, family), "dataset": str(root / "pairs"), "prompts": PROMPTS,
+                                           "videos_per_prompt": 4, "pair_rule": "best_vs_worst"})
+            assert run_job(create_job(root / "jobs", pairs).path) == "finished"
+            expert = {"expert": "high"} if family == "wan2.2" else {}
+            config = TrainConfig.from_dict({
+                **common(models, family), **expert, "method": "dpo", "dataset": str(root / "pairs"), "validation_pairs": 4,
+                "validation_prompts": HELD_OUT, "validation_every": 40, "rank": 4, "alpha": 4.0, "learning_rate": 1e-2,
+                "max_steps": 40, "batch_size": 4, "beta": 5000.0, "checkpoint_every": 1000, "gradient_checkpointing": False})
+            job = create_job(root / "jobs", config)
+            assert run_job(job.path) == "finished"
+            done[family] = Trained(config, job.metrics())
+        return done[family]
+
+    return run
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dpo_on_built_pairs_raises_the_held_out_implicit_accuracy(trained, family):
+    metrics = trained(family).metrics
+    before, after = metrics[0]["val_implicit_accuracy"], metrics[-1]["val_implicit_accuracy"]
+    print(f"{family}: held-out implicit accuracy {before:.3f} -> {after:.3f}")
+    # 4 held-out pairs at 4 fixed (timestep, noise) draws each; at step 0 the policy is the reference (no pair won)
+    assert before == 0.0 and after > 0.5, (family, before, after)
+
+
+def test_dpo_on_built_pairs_raises_the_held_out_reward_beyond_the_seed_spread(trained):
+    """CogVideoX only: on EasyAnimate and Wan2.2 the same pipeline showed no held-out reward gain beyond the spread."""
+    result = trained("cogvideox")
+    base = [DiffusionDPO.for_job(dataclasses.replace(result.config, seed=seed), torch.float32, torch.device("cpu"))
+            .held_out_reward(HELD_OUT) for seed in range(4)]
+    spread = statistics.stdev(base)
+    before, after = result.metrics[0]["val_reward"], result.metrics[-1]["val_reward"]
+    print(f"cogvideox: held-out reward base {before:.5f} -> LoRA {after:.5f} (gain {after - before:.5f}), "
+          f"base over seeds 0..3 {[round(b, 5) for b in base]}, stdev {spread:.5f}, gain/stdev {(after - before) / spread:.1f}")
+    assert after - before > 5 * spread, (before, after, spread)
