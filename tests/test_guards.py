@@ -55,7 +55,7 @@ def judged(job: Job) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def unguarded(models, tmp_path_factory) -> Job:
-    return trained(tmp_path_factory.mktemp("unguarded"), guarded(models, checkpoint_every=2))
+    return trained(tmp_path_factory.mktemp("unguarded"), guarded(models, checkpoint_every=2, max_steps=16))
 
 
 def test_the_judge_exposes_a_hacked_reward(unguarded):
@@ -63,8 +63,8 @@ def test_the_judge_exposes_a_hacked_reward(unguarded):
     rewards = [m["reward"] for m in unguarded.metrics() if "reward" in m]
     judge = judged(unguarded)
     best = max(judge, key=judge.get)
-    assert rewards[-1] > rewards[0] + 0.01 and 0 < best < 20
-    assert judge[20] < judge[best] - 0.01, judge  # measured: best 0.00287 at step 12, 20 steps: -0.0236
+    assert rewards[-1] > rewards[0] + 0.01 and 0 < best < 16
+    assert judge[16] < judge[best] - 0.01, judge  # measured: best 0.00287 at step 12, -0.0182 at step 16
     status = unguarded.status()
     assert status["state"] == "finished" and status["best_step"] == best
     assert f"the LoRA is step {best}'s, the judge's best" in status["reason"]
@@ -147,3 +147,39 @@ def test_the_dynamism_guard_keeps_the_motion_a_static_reward_removes(models, tmp
     held = judged(trained(tmp_path / "held", guarded(models, dynamism_weight=1.0, **settings)))
     # measured: held-out dynamism 0.00709 at the start; after 8 steps 0.00424 free (-40%), 0.00730 guarded (+3%)
     assert free[8] < 0.8 * free[0] and held[8] > 0.9 * held[0]
+
+
+def test_diversity_is_the_spread_of_the_judges_embeddings_across_seeds(models, tmp_path):
+    """With 2 seeds the diversity of a prompt is 1 − cos of the two first frames' embeddings by the judge's encoder."""
+    from video_reward_lora.training.build import load_family, load_reward_mix
+    from video_reward_lora.training.engine.guards import DIVERSITY_NOISE, embedder, sample_first_frame
+    from video_reward_lora.reward.seeds import seeded_generator
+
+    config = guarded(models, diversity_seeds=2, max_steps=1, validation_every=1)
+    job = trained(tmp_path, config)
+    recorded = [m["diversity"] for m in job.metrics() if "diversity" in m]
+    family = load_family(config, torch.float32, torch.device("cpu"))
+    model = embedder(load_reward_mix(config.judge, config.reward_roots, torch.float32, torch.device("cpu")))
+    spreads = []
+    for index, prompt in enumerate(HELD_OUT):
+        with torch.no_grad():
+            frames = [sample_first_frame(family, prompt, config, seeded_generator(config.seed, DIVERSITY_NOISE, index, k))
+                      for k in range(2)]
+            first, second = torch.nn.functional.normalize(model.embed_frames(torch.cat(frames)), dim=-1)
+        spreads.append(1 - float(first @ second))
+    assert len(recorded) == 2 and recorded[0] == pytest.approx(sum(spreads) / len(spreads), rel=1e-5) and recorded[0] > 0
+
+
+def test_training_status_draws_the_guards():
+    from video_reward_lora.training.curves import curve_panels
+
+    metrics = [{"step": 0, "judge": 0.1, "diversity": 0.3},
+               {"step": 1, "loss": -1.0, "reward": 1.0, "grad_norm": 0.1, "drift": 0.01, "dynamism": 0.004,
+                "dynamism_base": 0.005},
+               {"step": 2, "loss": -1.1, "reward": 1.1, "grad_norm": 0.1, "drift": 0.02, "dynamism": 0.003,
+                "dynamism_base": 0.005, "judge": 0.05, "diversity": 0.2}]
+    titles = [panel.title for panel in curve_panels(metrics)]
+    assert titles[1:5] == ["held-out judge (best at step 0)", "drift: squared difference from the LoRA-off prediction",
+                           "dynamism of the training samples", "diversity across seeds (judge embeddings)"]
+    dynamism = curve_panels(metrics)[3]
+    assert [s.label for s in dynamism.series] == ["dynamism", "LoRA off, same noise"]

@@ -550,7 +550,7 @@ def validate(families: list[str], methods: list[str], steps: int) -> None:
                                  capture_output=True, text=True, check=True, env=env)
             measured = json.loads(out.stdout.strip().splitlines()[-1])["growth"]
             predicted = model.peak - model.static
-            print(f"{LABELS[family_key]:<19} {method:<15} {predicted / 2**20:9.1f} {measured / 2**20:12.1f} "
+            print(f"{'tiny ' + family_key:<19} {method:<15} {predicted / 2**20:9.1f} {measured / 2**20:12.1f} "
                   f"{measured / predicted:14.2f}")
 
 
