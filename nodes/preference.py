@@ -17,8 +17,8 @@ from ..training.preference.dataset import PAIRS_FILE, dataset_format
 from ..training.preference.pairs import PAIR_RULES
 from .folders import PREFERENCE_DATASETS, model_entry, roots
 from .training import (
-    CATEGORY, LINKED, NONE, JobNode, _lines, direct_settings, guard_inputs, job_settings, judge_settings, lora_export_path,
-    lora_inputs, model_inputs, prompt_inputs, reward_inputs, video_inputs,
+    CATEGORY, LINKED, NONE, JobNode, _lines, direct_settings, guard_inputs, job_settings, engine_settings, lora_export_path,
+    lora_inputs, memory_inputs, model_inputs, prompt_inputs, reward_inputs, video_inputs,
 )
 
 PAIR_INPUTS = ("width", "height", "frames", "sampling_steps", "cfg", "videos_per_prompt", "pair_rule", "min_gap",
@@ -60,7 +60,7 @@ def dpo_config(inputs: dict[str, Any]) -> TrainConfig:
     dataset's. A dataset linked from Build Preference Pairs does not exist yet when the graph is queued: the other
     settings are checked then, the dataset when the node runs."""
     name = inputs.get("dataset")
-    settings = {**job_settings(inputs, prompts=False), **direct_settings(inputs, DPO_INPUTS), **judge_settings(inputs), "method": "dpo",
+    settings = {**job_settings(inputs, prompts=False), **direct_settings(inputs, DPO_INPUTS), **engine_settings(inputs), "method": "dpo",
                 "validation_prompts": _lines(inputs.get("validation_prompts") or "")}
     if inputs.get("dpo_alpha") is not None and inputs["dpo_alpha"] >= 0:  # -1: the dataset's own
         settings["dpo_alpha"] = inputs["dpo_alpha"]
@@ -145,6 +145,7 @@ class TrainDPOLoRA(JobNode):
                 *video_inputs(defaults, "held-out videos")[3:],
                 *lora_inputs(defaults),
                 *guard_inputs(defaults, backprop=False),
+                *memory_inputs(defaults),
             ],
             outputs=[io.String.Output(display_name="job_id", tooltip="Connect to Training Status or Cancel Training.")],
             hidden=[io.Hidden.unique_id],

@@ -140,7 +140,7 @@ def direct_settings(inputs: dict[str, Any], names: tuple[str, ...]) -> dict[str,
 
 def train_config(inputs: dict[str, Any]) -> tuple[TrainConfig, Path]:
     """The validated TrainConfig of Train Reward LoRA's inputs, and where the finished LoRA goes. Nothing is written."""
-    config = TrainConfig.from_dict(dict(**job_settings(inputs), **direct_settings(inputs, DIRECT), **judge_settings(inputs),
+    config = TrainConfig.from_dict(dict(**job_settings(inputs), **direct_settings(inputs, DIRECT), **engine_settings(inputs),
                                         validation_prompts=_lines(inputs.get("validation_prompts") or "")))
     return config, lora_export_path(inputs)
 
@@ -251,27 +251,38 @@ def lora_inputs(defaults: TrainConfig) -> list[io.Input]:
 
 def guard_inputs(defaults: TrainConfig, backprop: bool) -> list[io.Input]:
     """The guards against reward hacking (training.engine.guards): a judge, early stopping on it, diversity, and
-    with `backprop` the drift and dynamism penalties."""
+    with `backprop` the drift and dynamism penalties. Optional, as the memory options are: an API graph that leaves
+    them out trains unguarded, as before they existed."""
     rewards = [NONE, *REWARDS]
     inputs = [
-        io.Combo.Input("judge", options=rewards, default=NONE, tooltip="A held-out judge: a reward NOT trained on, scored on the validation prompts at every evaluation (e.g. train on HPS, judge with PickScore). The job's LoRA is then the one of the judge's best evaluation. Needs validation_prompts."),
-        io.Combo.Input("judge_2", options=rewards, default=NONE, tooltip="Optional second judge reward (a mix of normalised scores, e.g. PickScore + Dynamism)."),
-        io.Int.Input("patience", default=defaults.patience, min=0, max=1000, tooltip="Early stopping: stop when the judge has not improved for this many evaluations (0: never)."),
-        io.Float.Input("judge_drop", default=defaults.judge_drop, min=0.0, max=0.99, step=0.01, tooltip="Early stopping: stop when the judge falls more than this fraction of its best below its best (0: never)."),
-        io.Int.Input("diversity_seeds", default=defaults.diversity_seeds, min=0, max=16, tooltip="At each evaluation, sample each validation prompt with this many seeds and measure how different they look to the judge's image encoder (0: off; 2 or more)."),
+        io.Combo.Input("judge", optional=True, options=rewards, default=NONE, tooltip="A held-out judge: a reward NOT trained on, scored on the validation prompts at every evaluation (e.g. train on HPS, judge with PickScore). The job's LoRA is then the one of the judge's best evaluation. Needs validation_prompts."),
+        io.Combo.Input("judge_2", optional=True, options=rewards, default=NONE, tooltip="Optional second judge reward (a mix of normalised scores, e.g. PickScore + Dynamism)."),
+        io.Int.Input("patience", optional=True, default=defaults.patience, min=0, max=1000, tooltip="Early stopping: stop when the judge has not improved for this many evaluations (0: never)."),
+        io.Float.Input("judge_drop", optional=True, default=defaults.judge_drop, min=0.0, max=0.99, step=0.01, tooltip="Early stopping: stop when the judge falls more than this fraction of its best below its best (0: never)."),
+        io.Int.Input("diversity_seeds", optional=True, default=defaults.diversity_seeds, min=0, max=16, tooltip="At each evaluation, sample each validation prompt with this many seeds and measure how different they look to the judge's image encoder (0: off; 2 or more)."),
     ]
     if backprop:
         inputs += [
-            io.Float.Input("drift_weight", default=defaults.drift_weight, min=0.0, max=1e6, step=0.001, tooltip="Drift penalty: this weight times the mean squared difference between the prediction with and without the LoRA on the steps with gradients (one more forward each); bounds how far the model moves from its base (0: off)."),
-            io.Float.Input("dynamism_weight", default=defaults.dynamism_weight, min=0.0, max=1e6, step=0.01, tooltip="Dynamism guard: this weight times the relative loss of motion against the model without the LoRA on the same noise (one more sampling pass per step; needs decoded_latents of 2 or more) (0: off)."),
+            io.Float.Input("drift_weight", optional=True, default=defaults.drift_weight, min=0.0, max=1e6, step=0.001, tooltip="Drift penalty: this weight times the mean squared difference between the prediction with and without the LoRA on the steps with gradients (one more forward each); bounds how far the model moves from its base (0: off)."),
+            io.Float.Input("dynamism_weight", optional=True, default=defaults.dynamism_weight, min=0.0, max=1e6, step=0.01, tooltip="Dynamism guard: this weight times the relative loss of motion against the model without the LoRA on the same noise (one more sampling pass per step; needs decoded_latents of 2 or more) (0: off)."),
         ]
     return inputs
 
 
-def judge_settings(inputs: dict[str, Any]) -> dict[str, Any]:
-    """The guard settings of a training node's inputs."""
+def memory_inputs(defaults: TrainConfig) -> list[io.Input]:
+    """The memory options of every training node (training.engine.fp8, training.engine.offload)."""
+    return [
+        io.Boolean.Input("fp8_base", optional=True, default=defaults.fp8_base, tooltip="Keep the trained transformer's frozen Linear weights in float8 (e4m3fn, one scale per tensor), upcast one layer at a time inside the forward; the LoRA trains in full precision. About halves the weights' memory (a Wan2.2 A14B expert: 27 to 14 GiB)."),
+        io.Int.Input("block_swap", optional=True, default=defaults.block_swap, min=0, max=200, tooltip="Keep this many of the transformer's last blocks in CPU memory and copy each to the GPU just before it runs (the next one ahead, on a side stream). Saves their weights' memory at the cost of host-to-GPU traffic on every forward; 0: off."),
+        io.Boolean.Input("activation_offload", optional=True, default=defaults.activation_offload, tooltip="Move the activations saved for the backward of the steps with gradients to CPU memory (beside gradient checkpointing); slower, less GPU memory."),
+    ]
+
+
+def engine_settings(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The guard and memory settings of a training node's inputs."""
     judge = [{"key": inputs[name]} for name in ("judge", "judge_2") if inputs.get(name) not in (None, NONE)]
-    names = ("patience", "judge_drop", "diversity_seeds", "drift_weight", "dynamism_weight")
+    names = ("patience", "judge_drop", "diversity_seeds", "drift_weight", "dynamism_weight", "fp8_base", "block_swap",
+             "activation_offload")
     return {"judge": judge, **{name: inputs[name] for name in names if inputs.get(name) is not None}}
 
 
@@ -362,6 +373,7 @@ class TrainRewardLoRA(JobNode):
                 io.Int.Input("decoded_latents", default=defaults.decoded_latents, min=1, max=64, tooltip="Latent frames decoded for the reward (1 = the first frame, as the seeds)."),
                 *lora_inputs(defaults),
                 *guard_inputs(defaults, backprop=True),
+                *memory_inputs(defaults),
             ],
             outputs=[io.String.Output(display_name="job_id", tooltip="Connect to Training Status or Cancel Training.")],
             hidden=[io.Hidden.unique_id],

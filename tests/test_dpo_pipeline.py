@@ -63,9 +63,10 @@ def trained(models, tmp_path_factory) -> Callable[[str], Trained]:
                                            "videos_per_prompt": 4, "pair_rule": "best_vs_worst"})
             assert run_job(create_job(root / "jobs", pairs).path) == "finished"
             expert = {"expert": "high"} if family == "wan2.2" else {}
+            held_out = HELD_OUT if family == "cogvideox" else []  # the held-out reward is asserted on CogVideoX only
             config = TrainConfig.from_dict({
                 **common(models, family), **expert, "method": "dpo", "dataset": str(root / "pairs"), "validation_pairs": 4,
-                "validation_prompts": HELD_OUT, "validation_every": 40, "rank": 4, "alpha": 4.0, "learning_rate": 1e-2,
+                "validation_prompts": held_out, "validation_every": 40, "rank": 4, "alpha": 4.0, "learning_rate": 1e-2,
                 "max_steps": 40, "batch_size": 4, "beta": 5000.0, "checkpoint_every": 1000, "gradient_checkpointing": False})
             job = create_job(root / "jobs", config)
             assert run_job(job.path) == "finished"

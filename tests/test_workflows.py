@@ -125,9 +125,10 @@ def test_widget_order_follows_the_frontend():
     # an INT named seed gets the control widget unless its schema says otherwise (the pack's scoring and training seeds do)
     assert slots("VideoRewardScore") == ["prompt", "frames", "frame_count", "seed"]
     guards = ["judge", "judge_2", "patience", "judge_drop", "diversity_seeds"]  # appended after lora_name
-    assert slots("VideoRewardRank")[-1] == "seed" and slots("TrainRewardLoRA")[-10:] == [
-        "seed", "gradient_checkpointing", "lora_name", *guards, "drift_weight", "dynamism_weight"]
-    assert slots("TrainDPOLoRA")[-8:] == ["seed", "gradient_checkpointing", "lora_name", *guards]
+    memory = ["fp8_base", "block_swap", "activation_offload"]  # then the memory options
+    assert slots("VideoRewardRank")[-1] == "seed" and slots("TrainRewardLoRA")[-13:] == [
+        "seed", "gradient_checkpointing", "lora_name", *guards, "drift_weight", "dynamism_weight", *memory]
+    assert slots("TrainDPOLoRA")[-11:] == ["seed", "gradient_checkpointing", "lora_name", *guards, *memory]
     sampler = slots("VideoRewardSampler")
     assert sampler[sampler.index("seed") + 1] == CONTROL and "start_image" not in sampler
 

@@ -98,6 +98,10 @@ class TrainConfig:
     precision: str = "auto"
     device: str = "auto"
     fsdp: bool = False  # shard the transformers across the processes of `accelerate launch` (see training.distributed.sharding)
+    # Memory options (training.engine.offload, training.engine.fp8), for every method:
+    activation_offload: bool = False  # the saved activations of the steps with gradients kept on the CPU until the backward
+    block_swap: int = 0  # the trained transformer's last N blocks kept on the CPU, copied to the device around their use
+    fp8_base: bool = False  # the trained transformer's frozen Linear weights stored as float8 (scaled), upcast per layer
     method: str = "reward_backprop"  # "reward_backprop" or "dpo" (Diffusion-DPO on a preference dataset)
     dataset: str = ""  # the preference dataset folder (dpo)
     beta: float = 5000.0  # the DPO β (VideoDPO's default)
@@ -142,6 +146,7 @@ class TrainConfig:
         check_seed(self.seed)
         if self.fsdp and self.optimizer == "adamw8bit":
             raise ValueError("the 8-bit AdamW optimizer does not work on FSDP-sharded weights; use adamw with fsdp")
+        self._check_memory_options()
         if self.vae_gradient_checkpointing and self.family != "cogvideox":
             raise ValueError(f"VAE gradient checkpointing works for the CogVideoX VAE only; {self.family}'s VAE does not support it")
         self._check_guards()
@@ -177,6 +182,14 @@ class TrainConfig:
     def decoded_frames(self) -> int:
         """How many frames decoding `decoded_latents` latents gives (reward backpropagation scores those)."""
         return min(self.frames, (self.decoded_latents - 1) * family_class(self.family).temporal_scale + 1)
+
+    def _check_memory_options(self) -> None:
+        """Block swap and fp8 base weights act on whole weights on one process: not on FSDP-sharded ones."""
+        if self.block_swap < 0:
+            raise ValueError(f"block_swap must be 0 or more (the number of blocks kept on the CPU), got {self.block_swap}")
+        if self.fsdp and (self.block_swap or self.fp8_base):
+            option = "block_swap" if self.block_swap else "fp8_base"
+            raise ValueError(f"{option} does not work on FSDP-sharded weights: turn off fsdp or {option}")
 
     def _check_guards(self) -> None:
         """The guards against reward hacking: each needs what it measures."""

@@ -10,6 +10,9 @@ uninterrupted run's losses exactly, and each data-parallel process draws its own
 gradients are averaged before clipping, so every process applies the same update; under FSDP the sharded backward
 averages them, and under DeepSpeed the engine reduces, clips and steps; saving gathers the slices (every process calls
 `save`, the main one writes).
+
+The memory options act on the trained transformer for every method: fp8 base weights (`fp8`), block swap and
+activation offload (`offload`), the last two around each micro-batch's loss and its backward.
 """
 from __future__ import annotations
 
@@ -34,7 +37,9 @@ from ..lora.adapters import add_trainable, export
 from ..lora.formats import Lora, write_lora
 from ..scored import scored_sample
 from .checkpoint import gather_state, load_state, save_state
+from .fp8 import quantise_linears
 from .guards import diversity, embedder
+from .offload import BlockSwap, saved_tensors
 
 ADAPTER = "reward_train"
 EXTRA_FILE = "extra.json"  # in a checkpoint: the job's own state at that step
@@ -94,6 +99,9 @@ class Engine(ABC):
         self.rank = accelerator.process_index if accelerator else 0
         self.main = accelerator.is_main_process if accelerator else True
         self.sharded = wants_fsdp(config.fsdp, accelerator)
+        if zero.in_use(accelerator) and (config.block_swap or config.fp8_base):
+            raise ValueError(f"{'block_swap' if config.block_swap else 'fp8_base'} does not work under DeepSpeed ZeRO, "
+                             "which places the weights itself; launch without DeepSpeed")
         transformers = family.transformers
         self.expert = self.trained_expert()
         self.transformer = transformers[self.expert]
@@ -102,8 +110,14 @@ class Engine(ABC):
             torch.manual_seed(config.seed)
             self.params = add_trainable(self.transformer, family.lora_family, config.rank, config.alpha, targets, skip,
                                         ADAPTER)
+        if config.fp8_base:
+            quantise_linears(self.transformer)
         if config.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
+        self.swap = None  # the trained transformer's block swap
+        if config.block_swap:
+            self.swap = BlockSwap(self.transformer, config.block_swap, family.device)
+            family.route(self.expert, self.transformer)  # placed by the swap: never moved whole (Wan's idle offload)
         if self.sharded:
             for module in transformers.values():
                 shard(module, family.device)
@@ -195,7 +209,7 @@ class Engine(ABC):
         as_given: dict[str, Any] = {}
         for micro in range(c.accumulation):
             batch = MicroBatch(c.seed, self.step, micro, self.rank, step_generator(c.seed, self.step, micro, self.rank))
-            with self.autocast:
+            with self.autocast, saved_tensors(c.activation_offload, self.swap, self.family.device):
                 loss, metrics = self.loss(batch)
             self._backward(loss)
             losses.append(loss.detach().float())
