@@ -3,6 +3,7 @@ gradients bit-identical; fp8 base weights keep the frozen Linear weights in floa
 of the full-precision base and export the same LoRA file layout; bad settings fail before training."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,15 @@ def test_fp8_base_weights_train_near_the_bf16_base_and_export_the_same_lora(mode
     family = base.family  # the pack's loader attaches it to the expert without a LoRA
     with attached(family.transformers["high"], family.lora_family, [(read_lora(tmp_path / "fp8.safetensors"), 1.0)]) as matched:
         assert matched == len(trainer.params) // 2
+
+
+@pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="COMFYUI_PATH is not set")
+def test_a_lora_trained_on_fp8_base_weights_loads_through_comfyuis_own_loader(models, tmp_path):
+    """ComfyUI's LoraLoaderModelOnly on the tiny native Wan expert patches one weight per module of the LoRA."""
+    from test_comfyui import _comfyui_script
+
+    trainer = _trainer(models, torch.bfloat16, fp8_base=True, expert="high")
+    trainer.train_step()
+    lora = trainer.write_lora(tmp_path / "loras" / "fp8_trained.safetensors")
+    result = _comfyui_script("lora_on_native_wan.py", models["wan2.2"]["high"], lora)
+    assert result["lora_modules"] == len(trainer.params) // 2 == result["patched_weights"], result
