@@ -177,7 +177,8 @@ def test_a_changed_config_resumes_replaces_or_is_refused(tmp_path):
 
 
 def test_resuming_with_new_validation_prompts_and_steps_repeats_the_run(models, tmp_path, monkeypatch):
-    """A cancelled job resumed with other resumable settings trains exactly as the run that was never stopped."""
+    """A cancelled job resumed with other resumable settings (more steps, validation, and the memory options a job
+    that ran out of memory would turn on) trains exactly as the run that was never stopped."""
     straight = create_job(tmp_path / "a", tiny_config(models, validation_prompts=["a sunny field"], validation_every=2))
     assert run_job(straight.path) == "finished"
     export = tmp_path / "loras" / "b.safetensors"
@@ -186,7 +187,8 @@ def test_resuming_with_new_validation_prompts_and_steps_repeats_the_run(models, 
         patch.setattr(Job, "cancel_requested", lambda self: len(self.metrics()) >= 3)
         assert run_job(stopped.path) == "cancelled"
     assert stopped.latest_checkpoint_step() == 3
-    resumed, action = open_job(tmp_path / "b", tiny_config(models, validation_prompts=["a sunny field"], validation_every=2), export)
+    resumed, action = open_job(tmp_path / "b", tiny_config(models, validation_prompts=["a sunny field"], validation_every=2,
+                                                           block_swap=1, activation_offload=True), export)
     assert (resumed, action) == (stopped, "resume")
     assert run_job(resumed.path) == "finished"
     losses = lambda job: [(m["step"], m["loss"]) for m in job.metrics() if "loss" in m]  # noqa: E731

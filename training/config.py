@@ -46,9 +46,10 @@ class RewardChoice:
 @dataclass
 class TrainConfig:
     # Settings that leave the training trajectory (every loss and update) unchanged: a failed or cancelled job whose
-    # settings differ only in these resumes from its checkpoints; any other change starts a new job.
+    # settings differ only in these resumes from its checkpoints (e.g. one that ran out of memory, with block swap or
+    # activation offload turned on); any other change starts a new job.
     resumable: ClassVar[tuple[str, ...]] = ("max_steps", "checkpoint_every", "validation_prompts", "validation_every",
-                                            "sample_every")
+                                            "sample_every", "block_swap", "activation_offload")
 
     family: str
     model: dict[str, str]  # {"folder": ...} (CogVideoX-Fun, EasyAnimate) or the Wan2.2 files {high, low, vae, text_encoder}

@@ -33,8 +33,9 @@ from . import gpu_lock
 KEEP_CHECKPOINTS = 3
 BEST_FOLDER = "best"  # in the job folder, with a judge: the LoRA of the judge's best evaluation and best.json
 METHODS: dict[str, type[RewardBackprop] | type[DiffusionDPO]] = {"reward_backprop": RewardBackprop, "dpo": DiffusionDPO}
-OUT_OF_MEMORY_HINT = ("lower the size, frames or rank, keep gradient checkpointing on, decode fewer latents, or train "
-                      "fewer steps with gradients")
+OUT_OF_MEMORY_HINT = ("turn on block_swap or activation_offload (the job then resumes from its last checkpoint) or "
+                      "fp8_base, lower the size, frames or rank, keep gradient checkpointing on, decode fewer latents, or "
+                      "train fewer steps with gradients")
 
 
 def _wait_for_gpu(job: Job, accelerator) -> AbstractContextManager | None:
