@@ -60,8 +60,8 @@ def dpo_config(inputs: dict[str, Any]) -> TrainConfig:
     dataset's. A dataset linked from Build Preference Pairs does not exist yet when the graph is queued: the other
     settings are checked then, the dataset when the node runs."""
     name = inputs.get("dataset")
-    settings = {**job_settings(inputs, prompts=False), **direct_settings(inputs, DPO_INPUTS), **engine_settings(inputs), "method": "dpo",
-                "validation_prompts": _lines(inputs.get("validation_prompts") or "")}
+    settings = {**job_settings(inputs, prompts=False), **direct_settings(inputs, DPO_INPUTS), **engine_settings(inputs),
+                "method": "dpo", "validation_prompts": _lines(inputs.get("validation_prompts") or "")}
     if inputs.get("dpo_alpha") is not None and inputs["dpo_alpha"] >= 0:  # -1: the dataset's own
         settings["dpo_alpha"] = inputs["dpo_alpha"]
     if name is None:
