@@ -140,3 +140,20 @@ def test_a_lora_trained_on_fp8_base_weights_loads_through_comfyuis_own_loader(mo
     lora = trainer.write_lora(tmp_path / "loras" / "fp8_trained.safetensors")
     result = _comfyui_script("lora_on_native_wan.py", models["wan2.2"]["high"], lora)
     assert result["lora_modules"] == len(trainer.params) // 2 == result["patched_weights"], result
+
+
+def test_fp8_and_block_swap_quantise_or_swap_before_the_transformer_reaches_the_device(models):
+    """With fp8_base or block_swap the transformer loads on the CPU and only its fp8 form (or its kept blocks) moves to
+    the device; the VAE and text encoder go there at once. The `meta` device stands in for a GPU (moving there drops
+    the data, which is all this checks)."""
+    from video_reward_lora.training.build import load_family
+    from video_reward_lora.training.families.tiny import write_cogvideox_fun
+
+    folder = write_cogvideox_fun(models["rewards"].parent / "cog")
+    config = tiny_config({**models, "cogvideox": folder}, "cogvideox", validation_prompts=[], fp8_base=True)
+    family = load_family(config, torch.bfloat16, torch.device("meta"))
+    assert {p.device.type for p in family.transformer.parameters()} == {"cpu"}
+    assert {p.device.type for p in family.vae.parameters()} == {"meta"} and family.device.type == "meta"
+    plain = load_family(tiny_config({**models, "cogvideox": folder}, "cogvideox", validation_prompts=[]), torch.bfloat16,
+                        torch.device("meta"))
+    assert {p.device.type for p in plain.transformer.parameters()} == {"meta"}

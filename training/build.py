@@ -34,9 +34,12 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 def load_family(config: "TrainConfig | PairsConfig", dtype: torch.dtype, device: torch.device, sharded: bool = False) -> VideoFamily:
     """The config's model, loaded strictly from its files, on `device`. With `sharded` the transformers stay on the
-    CPU, for `sharding.shard` to move only this process's slice of them to `device`."""
-    family = _load_family(config, dtype, torch.device("cpu") if sharded else device, config.offload_idle_expert and not sharded)
-    if sharded:
+    CPU, for `sharding.shard` to move only this process's slice of them to `device`; so they do with the memory
+    options `fp8_base` and `block_swap`, for the engine to quantise or swap them before they reach `device` (a
+    transformer loaded whole onto the device first would need its full size there)."""
+    on_host = sharded or bool(getattr(config, "fp8_base", False) or getattr(config, "block_swap", 0))
+    family = _load_family(config, dtype, torch.device("cpu") if on_host else device, config.offload_idle_expert and not sharded)
+    if on_host:
         from .families.memory import apply_memory_mode, components
 
         apply_memory_mode(family, "full", device, [name for name in components(family) if name not in family.transformers])

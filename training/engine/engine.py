@@ -118,6 +118,8 @@ class Engine(ABC):
         if config.block_swap:
             self.swap = BlockSwap(self.transformer, config.block_swap, family.device)
             family.route(self.expert, self.transformer)  # placed by the swap: never moved whole (Wan's idle offload)
+        elif config.fp8_base:
+            self.transformer.to(family.device)  # loaded on the CPU (build.load_family), quantised there, now placed
         if self.sharded:
             for module in transformers.values():
                 shard(module, family.device)
