@@ -16,7 +16,7 @@ from ..reward.registry import REWARDS
 from ..reward.seeds import MAX_SEED
 from ..training.config import TrainConfig
 from ..training.jobs.jobs import ACTIVE, Job, JobConfig, find_job, job_exporting_to, open_job, start
-from ..training.jobs.summary import describe, is_pairs_job, job_curves
+from ..training.jobs.summary import describe, job_curves
 from ..training.steps import STRATEGIES
 from .folders import VIDEO_MODEL_FOLDERS, model_entry, reward_model_roots, roots
 
@@ -189,7 +189,7 @@ def _job_ui(job: Job, what: str) -> dict[str, list[str]]:
     """What a node that starts a job shows: its job and where the job's progress shows (Training Status is the one
     place), and the job id, by which the frontend extension tells this job's updates from those of the node's earlier
     jobs."""
-    kind = "preference-pair job" if is_pairs_job(job) else "training job"
+    kind = "preference-pair job" if job.builds_pairs() else "training job"
     return {"text": [f"{kind} {job.id} {what}\nits progress and results: Training Status"], "video_reward_job": [job.id]}
 
 

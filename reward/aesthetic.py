@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import RewardModel, model_output, set_hf_checkpointing
+from .base import ImageTower, RewardModel
 from .files import ModelFileError, read_weights
 from .hf_load import folder_config, load_strict
 from .preprocess import SIGLIP_MEAN, SIGLIP_STD, Preprocess
@@ -44,7 +44,7 @@ def head_state(loaded: Mapping[str, torch.Tensor], prefix: str, name: str) -> di
     return picked
 
 
-class AestheticReward(RewardModel):
+class AestheticReward(ImageTower, RewardModel):
     """Aesthetic score (about 1..10) of each frame; the prompt is not used."""
 
     uses_prompt = False
@@ -56,14 +56,6 @@ class AestheticReward(RewardModel):
         self.output_field = output_field
         self.label = label
         self.freeze()
-
-    def set_gradient_checkpointing(self, enabled: bool) -> None:
-        set_hf_checkpointing(self.backbone, self.backbone, enabled)
-
-    embeds = True
-
-    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        return model_output(self.backbone(pixel_values=pixels), self.output_field)
 
     def score_pixels(self, pixels: torch.Tensor, text: None) -> torch.Tensor:
         embedding = F.normalize(self.embed_pixels(pixels).float(), dim=-1)

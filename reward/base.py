@@ -128,6 +128,21 @@ class RewardModel(nn.Module):
         return self.per_chunk(frames, lambda pixels: self.score_pixels(pixels, text))
 
 
+class ImageTower:
+    """What a reward built on a transformers image tower shares: `backbone` is the tower, its embedding the output's
+    `output_field`; activation checkpointing acts on the tower."""
+
+    embeds = True
+    backbone: nn.Module
+    output_field: str
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        set_hf_checkpointing(self.backbone, self.backbone, enabled)
+
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return model_output(self.backbone(pixel_values=pixels), self.output_field)
+
+
 class ClipReward(RewardModel):
     """A reward of the whole clip: `forward(frames [F,3,H,W] in 0..1, prompt)` gives one score `[1]` (float32).
 

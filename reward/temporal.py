@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import ClipReward, model_output, set_hf_checkpointing
+from .base import ClipReward, ImageTower
 from .aesthetic import load_siglip_tower
 from .preprocess import Preprocess
 
@@ -67,10 +67,11 @@ class Dynamism(PixelMeasure):
         return (frames[1:] - frames[:-1]).square().mean()
 
 
-class SubjectConsistency(ClipReward):
+class SubjectConsistency(ImageTower, ClipReward):
     """The mean cosine between consecutive frames' image embeddings (see the module docstring)."""
 
     label = "Subject consistency"
+    output_field = "pooler_output"
     uses_prompt = False
     min_frames = 2
 
@@ -81,14 +82,6 @@ class SubjectConsistency(ClipReward):
         self.backbone = backbone
         self.label = label
         self.freeze()
-
-    def set_gradient_checkpointing(self, enabled: bool) -> None:
-        set_hf_checkpointing(self.backbone, self.backbone, enabled)
-
-    embeds = True
-
-    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        return model_output(self.backbone(pixel_values=pixels), "pooler_output")
 
     def score_clip(self, frames: torch.Tensor, text: None) -> torch.Tensor:
         embeddings = F.normalize(self.per_chunk(frames, self.embed_pixels), dim=-1)

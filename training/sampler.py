@@ -8,7 +8,7 @@ grad steps and keeps no graph at all.
 """
 from __future__ import annotations
 
-from typing import Callable, Collection
+from typing import Any, Callable, Collection
 
 import torch
 
@@ -64,3 +64,10 @@ def sample(
         if callback is not None:
             callback(index + 1, len(scheduler.timesteps))
     return latents
+
+
+def sample_as(family: VideoFamily, prompts: list[str], settings: Any, generator: torch.Generator | None,
+              **options: Any) -> torch.Tensor:
+    """`sample` with the sampling settings of a config (its negative_prompt, frames, height, width, steps, guidance)."""
+    s = settings
+    return sample(family, prompts, s.negative_prompt, s.frames, s.height, s.width, s.steps, s.guidance, generator, **options)

@@ -9,7 +9,7 @@ import torch
 
 from ..reward.composite import CompositeReward
 from .families.base import VideoFamily
-from .sampler import sample
+from .sampler import sample_as
 
 
 @dataclass
@@ -28,9 +28,7 @@ def scored_sample(family: VideoFamily, reward: CompositeReward, prompt: str, set
                   callback: Callable[[int, int], None] | None = None) -> ScoredSample:
     """Sample `prompt` with the sampling settings of `settings` (negative_prompt, frames, height, width, steps,
     guidance) from `generator`'s noise, decode every frame and score them."""
-    s = settings
-    latents = sample(family, [prompt], s.negative_prompt, s.frames, s.height, s.width, s.steps, s.guidance, generator,
-                     callback=callback)
+    latents = sample_as(family, [prompt], settings, generator, callback=callback)
     frames = family.decode(latents)[0].float()
     raw = reward.per_model(frames, prompt)
     return ScoredSample(latents[0], frames, raw, float(reward.combine(raw).mean()))

@@ -48,8 +48,8 @@ class Job:
     def metrics(self):
         return []
 
-    def settings(self):
-        return {}
+    def builds_pairs(self):
+        return False
 
 
 training.time.sleep = lambda seconds: None

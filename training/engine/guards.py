@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ...reward.composite import CompositeReward
 from ...reward.seeds import seeded_generator
 from ..families.base import VideoFamily
-from ..sampler import sample
+from ..sampler import sample_as
 
 DIVERSITY_NOISE = 5  # (DIVERSITY_NOISE, prompt, seed): the noise of a diversity sample, under the config's seed
 
@@ -83,6 +83,5 @@ def diversity(family: VideoFamily, model: torch.nn.Module, prompts: Sequence[str
 
 def sample_first_frame(family: VideoFamily, prompt: str, settings: Any, generator: torch.Generator) -> torch.Tensor:
     """The first frame `[1,3,H,W]` of a sample of `prompt` (only the first latent decoded)."""
-    s = settings
-    latents = sample(family, [prompt], s.negative_prompt, s.frames, s.height, s.width, s.steps, s.guidance, generator)
+    latents = sample_as(family, [prompt], settings, generator)
     return family.decode(latents, first_n=1)[0, :1].float()

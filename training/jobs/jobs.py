@@ -86,6 +86,10 @@ class Job:
         except (OSError, json.JSONDecodeError):
             return {}
 
+    def builds_pairs(self) -> bool:
+        """Whether the job builds a preference dataset (its config says "kind": "preference_pairs")."""
+        return self.settings().get("kind") == PAIRS
+
     def info(self) -> dict[str, Any]:
         path = self.path / "job.json"
         return json.loads(path.read_text()) if path.is_file() else {}
@@ -112,8 +116,8 @@ class Job:
             step = self.latest_checkpoint_step()
             what = ("the job process stopped without finishing (killed or crashed)" if status.get("pid")
                     else "the job was never started (its start was interrupted)")
-            where = (f"the checkpoint at step {step}" if step else "the start") if self.settings().get("kind") != PAIRS \
-                else "the videos not made yet"
+            where = "the videos not made yet" if self.builds_pairs() else \
+                f"the checkpoint at step {step}" if step else "the start"
             status = {**status, "state": "failed", "resumable": True, "reason": f"{what}; resume continues from {where}"}
         return status
 

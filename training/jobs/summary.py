@@ -8,18 +8,13 @@ import numpy as np
 
 from ...reward.plot import Panel, Series, draw_panels
 from ..curves import headline, training_curves
-from ..preference.config import KIND as PAIRS
 from .jobs import Job
-
-
-def is_pairs_job(job: Job) -> bool:
-    return job.settings().get("kind") == PAIRS
 
 
 def describe(job: Job, status: dict[str, Any]) -> str:
     """One paragraph on where a job stands."""
     lines = [f"job {job.id}: {status.get('state')} ({status.get('reason', '')})"]
-    if is_pairs_job(job):
+    if job.builds_pairs():
         return "\n".join(lines + _pairs_lines(job, status))
     if "max_steps" in status:
         lines.append(f"step {status.get('step', 0)}/{status['max_steps']}")
@@ -68,8 +63,8 @@ def _pairs_lines(job: Job, status: dict[str, Any]) -> list[str]:
 
 def job_curves(job: Job) -> np.ndarray:
     """`[H,W,3]` uint8: a training job's curves, or a pair job's video scores by prompt."""
-    settings = job.settings()
-    if settings.get("kind") != PAIRS:
+    if not job.builds_pairs():
+        settings = job.settings()
         return training_curves(job.metrics(), settings.get("loss", "negative"), settings.get("max_grad_norm"))
     made = [m for m in job.metrics() if "score" in m]
     series = [Series("video scores", [m["score"] for m in made], [m["prompt"] + 1 for m in made], points=True)]

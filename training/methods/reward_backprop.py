@@ -17,7 +17,7 @@ from ..distributed.sharding import wants_fsdp
 from ..engine.engine import Engine, MicroBatch, held_out_generator
 from ..families.base import VideoFamily
 from ..lora.adapters import disabled
-from ..sampler import sample
+from ..sampler import sample_as
 from ..steps import grad_steps
 
 # The first keys under the config's seed of this method's kinds of random draw (0 is the engine's micro-batch draws:
@@ -80,9 +80,8 @@ class RewardBackprop(Engine):
     def decoded_frames(self, prompts: list[str], generator: torch.Generator, chosen: list[int],
                        on_grad_prediction: Any = None) -> torch.Tensor:
         c = self.config
-        latents = sample(self.family, prompts, c.negative_prompt, c.frames, c.height, c.width, c.steps, c.guidance,
-                         generator, grad_steps=chosen, stop_input_gradient=c.stop_input_gradient,
-                         on_grad_prediction=on_grad_prediction)
+        latents = sample_as(self.family, prompts, c, generator, grad_steps=chosen, stop_input_gradient=c.stop_input_gradient,
+                            on_grad_prediction=on_grad_prediction)
         return self.family.decode(latents, first_n=c.decoded_latents)
 
     def _drift(self, drifts: list[torch.Tensor]) -> Any:
