@@ -45,14 +45,16 @@ PROMPTS = ["a red ball", "a cat"]
 PAIRS = 2
 
 
-def write_model(root: Path, family: str) -> dict[str, str]:
-    """The family's tiny published-format model under `root`, as the config's `model` setting."""
-    from video_reward_lora.training.families.tiny import write_cogvideox_fun, write_easyanimate
+def write_model(root: Path, family: str, seed: int = 0) -> dict[str, str]:
+    """The family's tiny published-format model (weights drawn from `seed`) under `root`, as the config's `model`
+    setting; "easyanimate-v5.1" is EasyAnimate V5.1 (flow matching), which the config calls "easyanimate"."""
+    from video_reward_lora.training.families.tiny import write_cogvideox_fun, write_easyanimate, write_easyanimate_v51
     from video_reward_lora.training.families.tiny_wan import write_wan22
 
     if family == "wan2.2":
-        return {role: str(path) for role, path in write_wan22(root / "wan").items()}
-    return {"folder": str((write_cogvideox_fun if family == "cogvideox" else write_easyanimate)(root / family))}
+        return {role: str(path) for role, path in write_wan22(root / "wan", seed=seed).items()}
+    writers = {"cogvideox": write_cogvideox_fun, "easyanimate": write_easyanimate, "easyanimate-v5.1": write_easyanimate_v51}
+    return {"folder": str(writers[family](root / family, seed=seed))}
 
 
 def write_pairs(folder: Path, family: str, latent_shape: tuple[int, ...]) -> None:
