@@ -150,3 +150,16 @@ def test_training_refuses_a_clip_reward_with_too_few_decoded_frames(tmp_path):
                                          "decoded_latents 1 decodes 1"):
         TrainConfig.from_dict(settings)
     assert TrainConfig.from_dict({**settings, "decoded_latents": 2}).decoded_latents == 2
+
+
+def test_every_reward_needs_the_frames_its_registry_entry_says(tmp_path):
+    """The registry's `min_frames` (checked when a config is read, before any model loads) is the loaded reward's
+    (MPS, a frame reward whose tiny file is a pickle written by conftest, aside)."""
+    from video_reward_lora.reward.tiny import write_reward_models
+
+    keys = [key for key in REWARDS if key != "mps"]
+    root = write_reward_models(tmp_path, tuple(keys))
+    needs = {key: getattr(load_reward(key, [root]), "min_frames", 1) for key in keys}
+    assert needs == {key: REWARDS[key].min_frames for key in keys}
+    assert {key for key, frames in needs.items() if frames > 1} == {"flicker", "dynamism", "subject_consistency",
+                                                                    "action", "videoreward"}
