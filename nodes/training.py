@@ -272,8 +272,8 @@ def guard_inputs(defaults: TrainConfig, backprop: bool) -> list[io.Input]:
 def memory_inputs(defaults: TrainConfig) -> list[io.Input]:
     """The memory options of every training node (training.engine.fp8, training.engine.offload)."""
     return [
-        io.Boolean.Input("fp8_base", optional=True, default=defaults.fp8_base, tooltip="Keep the trained transformer's frozen Linear weights in float8 (e4m3fn, one scale per tensor), upcast one layer at a time inside the forward; the LoRA trains in full precision. About halves the weights' memory (a Wan2.2 A14B expert: 27 to 14 GiB)."),
-        io.Int.Input("block_swap", optional=True, default=defaults.block_swap, min=0, max=200, tooltip="Keep this many of the transformer's last blocks in CPU memory and copy each to the GPU just before it runs (the next one ahead, on a side stream). Saves their weights' memory at the cost of host-to-GPU traffic on every forward; 0: off."),
+        io.Boolean.Input("fp8_base", optional=True, default=defaults.fp8_base, tooltip="Keep the transformers' frozen Linear weights (Wan2.2: both experts') in float8 (e4m3fn, one scale per tensor), upcast one layer at a time inside the forward; the LoRA trains in full precision. About halves the weights' memory (a Wan2.2 A14B expert: 27 to 14 GiB)."),
+        io.Int.Input("block_swap", optional=True, default=defaults.block_swap, min=0, max=200, tooltip="Keep this many of the transformer's (Wan2.2: each expert's) last blocks in CPU memory and copy each to the GPU just before it runs (the next one ahead, on a side stream). Saves their weights' memory at the cost of host-to-GPU traffic on every forward; 0: off."),
         io.Boolean.Input("activation_offload", optional=True, default=defaults.activation_offload, tooltip="Move the activations saved for the backward of the steps with gradients to CPU memory (beside gradient checkpointing); slower, less GPU memory."),
     ]
 

@@ -21,11 +21,11 @@ from video_reward_lora.training.lora.adapters import attached
 from video_reward_lora.training.lora.formats import read_lora
 from video_reward_lora.training.methods.reward_backprop import RewardBackprop
 
-# One step with fp8 (e4m3: 3 mantissa bits) base weights against one with the bf16 base, both computing in bf16
-# (measured on CPU: the losses equal, the LoRA gradients 0.156 apart in relative L2, where the bf16 base itself is
-# 0.099 from the float32 base; fp8 against float32, both computing in float32: loss 6.2e-6, gradients 0.088)
+# One step with fp8 (e4m3: 3 mantissa bits) base weights on both Wan2.2 experts against one with the bf16 base, both
+# computing in bf16 (measured on CPU: the losses equal, the LoRA gradients 0.213 apart in relative L2, where the bf16
+# base itself is 0.099 from the float32 base; 0.156 with the trained expert alone in fp8)
 FP8_LOSS_REL, FP8_GRAD_REL = 1e-2, 0.25
-FP8_OVER_BF16 = 2.0  # the most the fp8 base's gradient error may be, in units of the bf16 base's own from float32
+FP8_OVER_BF16 = 2.5  # the most the fp8 base's gradient error may be, in units of the bf16 base's own from float32
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,10 @@ def test_swapping_every_block_gives_identical_losses_and_gradients(models, check
     # the optimizer holds the LoRA parameters of the swapped blocks themselves, and they stayed put
     lora = [p for block in swap.blocks for name, p in block.named_parameters() if "lora_" in name]
     assert lora and all(any(p is q for q in optimised) for p in lora) and all(p.grad is not None for p in lora)
+    # the idle expert, which the sampler runs for the other noise levels, is swapped the same way
+    (idle,) = trainer.idle_swaps.values()
+    assert len(idle.blocks) == LAYERS and set(idle.fetched) == {0, 1} and idle.fetched == idle.evicted
+    assert not idle.resident and idle.most_resident == 2
 
 
 def test_block_swap_and_fp8_settings_are_checked(models, monkeypatch):
@@ -119,6 +123,9 @@ def test_fp8_base_weights_train_near_the_bf16_base_and_export_the_same_lora(mode
     assert any(".base_layer" in name for name in fp8) and any("ffn" in name for name in fp8)
     assert all(linears[name].weight.dtype == torch.float8_e4m3fn and linears[name].weight_scale.dtype == torch.float32
                for name in fp8)
+    (other,) = (m for name, m in trainer.family.transformers.items() if name != trainer.expert)  # the idle expert
+    idle = {name: type(m) for name, m in other.named_modules() if isinstance(m, nn.Linear)}
+    assert {name for name, kind in idle.items() if kind is not Fp8Linear} == {name for name in idle if "time_embedder" in name}
     loss, grads = _step(trainer)
     assert abs(loss - base_loss) <= FP8_LOSS_REL * abs(base_loss)
     error = _relative(grads, base_grads)

@@ -101,8 +101,8 @@ class TrainConfig:
     fsdp: bool = False  # shard the transformers across the processes of `accelerate launch` (see training.distributed.sharding)
     # Memory options (training.engine.offload, training.engine.fp8), for every method:
     activation_offload: bool = False  # the saved activations of the steps with gradients kept on the CPU until the backward
-    block_swap: int = 0  # the trained transformer's last N blocks kept on the CPU, copied to the device around their use
-    fp8_base: bool = False  # the trained transformer's frozen Linear weights stored as float8 (scaled), upcast per layer
+    block_swap: int = 0  # each transformer's last N blocks kept on the CPU, copied to the device around their use
+    fp8_base: bool = False  # the transformers' frozen Linear weights stored as float8 (scaled), upcast per layer
     method: str = "reward_backprop"  # "reward_backprop" or "dpo" (Diffusion-DPO on a preference dataset)
     dataset: str = ""  # the preference dataset folder (dpo)
     beta: float = 5000.0  # the DPO β (VideoDPO's default)

@@ -311,9 +311,10 @@ class StepModel:
 
 
 class Placement:
-    """Where the frozen weights are under the options: fp8 matrices at 1 byte (+ a 4-byte scale), swapped blocks on
-    the host with two in flight, the idle Wan2.2 expert on the host except while it runs (the engine's
-    `offload_idle`), and the host<->device bytes this moves per step."""
+    """Where the frozen weights are under the options (on both Wan2.2 experts, as the engine applies them): fp8
+    matrices at 1 byte (+ a 4-byte scale), swapped blocks on the host with two in flight, the idle Wan2.2 expert on
+    the host except while it runs (the engine's `offload_idle`; with block swap its other blocks stay on the device),
+    and the host<->device bytes this moves per step."""
 
     def __init__(self, memory: DeviceMemory, modules: dict[str, nn.Module], options: Options, family_key: str) -> None:
         self.memory, self.options = memory, options
@@ -339,8 +340,8 @@ class Placement:
                     swapped += size
                 else:
                     resident += size
-                memory.add(tensor.untyped_storage(), WEIGHTS if role != "idle" and id(tensor) not in on_host else HOST,
-                           size)
+                kept = role != "idle" or options.block_swap  # a swapped idle expert's other blocks stay on the device
+                memory.add(tensor.untyped_storage(), WEIGHTS if kept and id(tensor) not in on_host else HOST, size)
             if blocks is not None:
                 self.swapped[role], self.resident[role] = swapped, resident
                 block_bytes = max(block_bytes, swapped // max(1, options.block_swap))
@@ -447,7 +448,7 @@ def model_step(trainer, options: Options, family_key: str) -> StepModel:
         for value in state.values():
             if isinstance(value, torch.Tensor) and value.ndim:
                 memory.add(value.untyped_storage(), ADAM)
-    if "idle" in modules:
+    if "idle" in modules and not options.block_swap:
         placement.idle_expert(modules["idle"])
     for param in trainer.params.values():
         param.register_post_accumulate_grad_hook(lambda p: memory.reclassify(p.grad, GRADS))

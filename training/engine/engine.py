@@ -110,16 +110,25 @@ class Engine(ABC):
             torch.manual_seed(config.seed)
             self.params = add_trainable(self.transformer, family.lora_family, config.rank, config.alpha, targets, skip,
                                         ADAPTER)
-        if config.fp8_base:
-            quantise_linears(self.transformer)
+        if config.fp8_base:  # every transformer: Wan2.2's idle expert too (frozen, but sampled through)
+            for module in transformers.values():
+                quantise_linears(module)
         if config.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
         self.swap = None  # the trained transformer's block swap
+        self.idle_swaps: dict[str, BlockSwap] = {}  # Wan2.2's other expert's
         if config.block_swap:
-            self.swap = BlockSwap(self.transformer, config.block_swap, family.device)
-            family.route(self.expert, self.transformer)  # placed by the swap: never moved whole (Wan's idle offload)
-        elif config.fp8_base:
-            self.transformer.to(family.device)  # loaded on the CPU (build.load_family), quantised there, now placed
+            for name, module in transformers.items():
+                swap = BlockSwap(module, config.block_swap, family.device)
+                if name == self.expert:
+                    self.swap = swap
+                else:
+                    self.idle_swaps[name] = swap
+                family.route(name, module)  # placed by the swap: never moved whole (Wan's idle offload)
+        elif config.fp8_base:  # loaded on the CPU (build.load_family), quantised there, now placed; Wan2.2's idle
+            for name, module in transformers.items():  # expert too, unless the family moves it in whenever it runs
+                if name == self.expert or not getattr(family, "offload_idle", False):
+                    module.to(family.device)
         if self.sharded:
             for module in transformers.values():
                 shard(module, family.device)

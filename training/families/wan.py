@@ -290,11 +290,11 @@ class Wan22(VideoFamily):
 
     def _running(self, name: str) -> Callable[..., Any]:
         """The expert `name`, on the device; with `offload_idle` the other one goes to the CPU unless it is training.
-        A routed expert (a DeepSpeed engine's) is placed by its wrapper."""
+        A routed expert (a DeepSpeed engine's, a block-swapped one) is placed by its wrapper."""
         experts = self.transformers
         if self.offload_idle:
             for other_name, other in experts.items():
-                if other_name != name and not any(p.requires_grad for p in other.parameters()):
+                if other_name not in (name, *self._callers) and not any(p.requires_grad for p in other.parameters()):
                     other.to("cpu")
             if name not in self._callers:
                 experts[name].to(self.device)
