@@ -164,3 +164,19 @@ def test_fp8_and_block_swap_quantise_or_swap_before_the_transformer_reaches_the_
     plain = load_family(tiny_config({**models, "cogvideox": folder}, "cogvideox", validation_prompts=[]), torch.bfloat16,
                         torch.device("meta"))
     assert {p.device.type for p in plain.transformer.parameters()} == {"meta"}
+
+
+@pytest.mark.parametrize("offload_idle", [True, False])
+def test_with_fp8_the_idle_wan_expert_is_quantised_and_placed(models, offload_idle):
+    """Sampling runs Wan2.2's idle expert too, so fp8_base quantises it on the CPU; it then goes to the device at once,
+    or, with the idle offload, when it runs. `meta` stands in for a GPU (float32: no autocast on meta)."""
+    from video_reward_lora.training.build import load_family, load_objective
+
+    config = tiny_config(models, "wan2.2", validation_prompts=[], fp8_base=True, offload_idle_expert=offload_idle)
+    family = load_family(config, torch.float32, torch.device("meta"))
+    trainer = RewardBackprop(config, family, load_objective(config, torch.float32, torch.device("cpu")))
+    (idle_name,) = (name for name in family.transformers if name != trainer.expert)
+    idle = family.transformers[idle_name]
+    assert {p.device.type for p in trainer.transformer.parameters()} == {"meta"}
+    assert {p.device.type for p in idle.parameters()} == {"cpu" if offload_idle else "meta"}
+    assert any(isinstance(m, Fp8Linear) for m in idle.modules())
