@@ -10,10 +10,10 @@ and on, from the same noise.
 Printed per run: the held-out reward of the base and of the LoRA (mean over prompts and seeds); the gain; the
 seed-to-seed spread (the standard deviation, over the noise seeds, of the base model's held-out mean); gain / spread;
 the paired t statistic of the per-sample gains and the fraction of samples the LoRA improved; the held-out implicit
-accuracy; and, with no DPO at all, the mean gain and the fraction improved when the base samples' latents move by
-`SHIFT` of their standard deviation along the training pairs' mean winner − loser difference (whether the pairs
-carry a preference that holds on held-out prompts); the process's peak resident memory. Wan2.2 trains its
-high-noise expert, as the test does.
+accuracy; and, with no DPO at all, the mean gain and the fraction improved when the base samples' latents move
+along the training pairs' mean winner − loser difference (`tests/preference_checks.py`: whether the pairs carry a
+preference that holds on held-out prompts); the process's peak resident memory. Wan2.2 trains its high-noise
+expert, as the test does.
 """
 from __future__ import annotations
 
@@ -24,19 +24,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from bench_dpo import write_model  # noqa: E402
+from preference_checks import shifted_gains  # noqa: E402
 
-if TYPE_CHECKING:
-    from video_reward_lora.training.scored import ScoredSample
+from video_reward_lora.training.scored import ScoredSample  # noqa: E402
 
 FAMILIES = ("cogvideox", "easyanimate", "easyanimate-v5.1", "wan2.2")
 REWARD = "aesthetic_v2.5"
-SHIFT = 0.3
 
 
 def held_out_samples(engine, prompts: list[str], seeds: int) -> list[list[ScoredSample]]:
@@ -50,23 +48,6 @@ def held_out_samples(engine, prompts: list[str], seeds: int) -> list[list[Scored
 
 def scores(samples: list[list[ScoredSample]]) -> torch.Tensor:
     return torch.tensor([[made.score for made in row] for row in samples], dtype=torch.float64)
-
-
-@torch.no_grad()
-def shifted_gains(engine, samples: list[list[ScoredSample]], prompts: list[str]) -> torch.Tensor:
-    """The reward gain of each base sample when its latents move by `SHIFT` of their standard deviation along the
-    training pairs' mean winner − loser latent difference (scaled to unit RMS): whether the pairs carry a preference
-    that holds on the held-out prompts, whatever DPO makes of it."""
-    pairs = engine.pairs
-    direction = torch.stack([engine.latents[pair.winner] - engine.latents[pair.loser] for pair in pairs]).mean(dim=0)
-    direction = direction / direction.pow(2).mean().sqrt()
-    gains = []
-    for prompt, row in zip(prompts, samples):
-        for made in row:
-            latents = made.latents + SHIFT * made.latents.float().std() * direction.to(made.latents)
-            frames = engine.family.decode(latents[None])[0].float()
-            gains.append(float(engine.reward.combine(engine.reward.per_model(frames, prompt)).mean()) - made.score)
-    return torch.tensor(gains, dtype=torch.float64)
 
 
 def run(family: str, model_seed: int, args: argparse.Namespace, root: Path) -> dict[str, float]:
@@ -98,7 +79,7 @@ def run(family: str, model_seed: int, args: argparse.Namespace, root: Path) -> d
         engine.train_step()
     with disabled(engine.transformer):
         base_samples = held_out_samples(engine, held_out, args.seeds)
-        shifted = shifted_gains(engine, base_samples, held_out)
+        shifted = shifted_gains(engine, [(prompt, made) for prompt, row in zip(held_out, base_samples) for made in row])
     base, lora = scores(base_samples), scores(held_out_samples(engine, held_out, args.seeds))
     gains = (lora - base).flatten()
     spread = statistics.stdev(base.mean(dim=0).tolist())
