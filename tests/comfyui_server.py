@@ -20,6 +20,21 @@ from typing import Iterator
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "comfyui-video-reward-lora"
+TINY_COGVIDEOX = "CogVideoX-Fun-V1.1-2b-InP"  # the tiny CogVideoX-Fun's folder name in models/CogVideoX_Fun
+
+
+def tiny_cogvideox_models(models: Path, rewards: tuple[str, ...] = ("aesthetic_v2.5",)) -> dict[str, Path]:
+    """A tiny CogVideoX-Fun (`TINY_COGVIDEOX`) and tiny `rewards` (none: an empty folder) in ComfyUI model folders
+    under `models`; returns those folders by name, for `comfyui_server`."""
+    from video_reward_lora.reward.tiny import write_reward_models
+    from video_reward_lora.training.families.tiny import write_cogvideox_fun
+
+    write_cogvideox_fun(models / "CogVideoX_Fun" / TINY_COGVIDEOX)
+    if rewards:
+        write_reward_models(models / "reward_models", rewards)
+    else:
+        (models / "reward_models").mkdir()
+    return {"CogVideoX_Fun": models / "CogVideoX_Fun", "reward_models": models / "reward_models"}
 
 
 def comfy_python() -> str:

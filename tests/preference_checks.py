@@ -1,13 +1,23 @@
-"""Whether a preference dataset's pairs carry a preference that holds beyond their own prompts: the reward change of
-samples whose latents move along the pairs' mean winner − loser latent difference (no training involved)."""
+"""Held-out samples of a DPO trainer's model, and whether its pairs carry a preference that holds beyond their own
+prompts: the reward change of samples whose latents move along the pairs' mean winner − loser latent difference (no
+training involved)."""
 from __future__ import annotations
 
 import torch
 
+from video_reward_lora.reward.seeds import seeded_generator
 from video_reward_lora.training.methods.dpo import DiffusionDPO
-from video_reward_lora.training.scored import ScoredSample
+from video_reward_lora.training.scored import ScoredSample, scored_sample
 
 SHIFT = 0.3  # of the sample's own latent standard deviation
+HELD_OUT_NOISE = 1  # the first key of a held-out sample's noise seed
+
+
+def held_out_samples(trainer: DiffusionDPO, prompts: list[str], seeds: int) -> list[tuple[str, ScoredSample]]:
+    """Every prompt sampled and scored at noise seeds 0..`seeds`−1 (prompt-major), with the trainer's LoRA as it is."""
+    return [(prompt, scored_sample(trainer.family, trainer.reward, prompt, trainer.config,
+                                   seeded_generator(seed, HELD_OUT_NOISE, index)))
+            for index, prompt in enumerate(prompts) for seed in range(seeds)]
 
 
 @torch.no_grad()

@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from comfyui_server import PACK_NAME, PACK_ROOT, comfyui_server, request
+from comfyui_server import PACK_NAME, PACK_ROOT, TINY_COGVIDEOX, comfyui_server, request, tiny_cogvideox_models
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set")
-MODEL = "CogVideoX-Fun-V1.1-2b-InP"
+MODEL = TINY_COGVIDEOX
 MODEL_INPUTS = {"family": "CogVideoX-Fun", "model_folder": f"CogVideoX-Fun/{MODEL}", "wan_high": "none", "wan_low": "none",
                 "wan_vae": "none", "wan_text_encoder": "none", "reward": "aesthetic_v2.5", "reward_weight": 1.0,
                 "reward_2": "none", "reward_2_weight": 1.0}
@@ -44,13 +44,7 @@ def _state(entry: dict, node: str) -> str:
 
 
 def test_build_pairs_then_train_dpo_in_one_graph(tmp_path):
-    from video_reward_lora.reward.tiny import write_reward_models
-    from video_reward_lora.training.families.tiny import write_cogvideox_fun
-
-    models = tmp_path / "models"
-    write_cogvideox_fun(models / "CogVideoX_Fun" / MODEL)
-    write_reward_models(models / "reward_models", ("aesthetic_v2.5",))
-    folders = {"CogVideoX_Fun": models / "CogVideoX_Fun", "reward_models": models / "reward_models"}
+    folders = tiny_cogvideox_models(tmp_path / "models")
     with comfyui_server(COMFYUI, tmp_path / "comfy", {PACK_NAME: PACK_ROOT}, folders) as server:
         refused = [({"1.dataset_name": "../escape"}, "1", "dataset_name"), ({"1.videos_per_prompt": 1}, "1", "videos_per_prompt"),
                    ({"3.dataset": "none"}, "3", "choose a preference dataset"),

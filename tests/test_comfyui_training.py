@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from comfyui_server import PACK_NAME, PACK_ROOT, comfyui_server
+from comfyui_server import PACK_NAME, PACK_ROOT, TINY_COGVIDEOX, comfyui_server, tiny_cogvideox_models
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set")
-MODEL = "CogVideoX-Fun-V1.1-2b-InP"
+MODEL = TINY_COGVIDEOX
 
 
 def _train_graph(lora_name: str) -> dict:
@@ -31,13 +31,7 @@ def _train_graph(lora_name: str) -> dict:
 
 
 def test_train_watch_and_load_the_lora(tmp_path):
-    from video_reward_lora.reward.tiny import write_reward_models
-    from video_reward_lora.training.families.tiny import write_cogvideox_fun
-
-    models = tmp_path / "models"
-    write_cogvideox_fun(models / "CogVideoX_Fun" / MODEL)
-    write_reward_models(models / "reward_models", ("aesthetic_v2.5",))
-    folders = {"CogVideoX_Fun": models / "CogVideoX_Fun", "reward_models": models / "reward_models"}
+    folders = tiny_cogvideox_models(tmp_path / "models")
     with comfyui_server(COMFYUI, tmp_path / "comfy", {PACK_NAME: PACK_ROOT}, folders) as server:
         started = server.run(_train_graph("tiny_cog"), timeout=120)
         assert started["status"]["status_str"] == "success", started["status"]
@@ -96,14 +90,9 @@ def test_bad_settings_are_refused_when_queued(tmp_path):
     """POST /prompt answers 400 with a node error naming the setting (frames not 4k+1, no prompts, a width the model
     cannot take, a value beyond the widget's bounds), also when another input is linked from a node, and no job folder
     is written."""
-    from video_reward_lora.training.families.tiny import write_cogvideox_fun
-
     from comfyui_server import request
 
-    models = tmp_path / "models"
-    write_cogvideox_fun(models / "CogVideoX_Fun" / MODEL)
-    (models / "reward_models").mkdir()
-    folders = {"CogVideoX_Fun": models / "CogVideoX_Fun", "reward_models": models / "reward_models"}
+    folders = tiny_cogvideox_models(tmp_path / "models", rewards=())
     linked = {"9": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "a red ball"}}}
     cases = [({"frames": 50}, {}, "frames", "frames must be 4k+1 (e.g. 49), got 50"),
              ({"prompts": " \n "}, {}, "prompts", "write prompts"),

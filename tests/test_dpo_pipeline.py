@@ -13,8 +13,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from preference_checks import SHIFT, shifted_gains
-from video_reward_lora.reward.seeds import seeded_generator
+from preference_checks import SHIFT, held_out_samples, shifted_gains
 from video_reward_lora.reward.tiny import write_reward_models
 from video_reward_lora.training.config import TrainConfig
 from video_reward_lora.training.families.tiny import write_cogvideox_fun, write_easyanimate
@@ -23,7 +22,6 @@ from video_reward_lora.training.jobs.jobs import create_job
 from video_reward_lora.training.jobs.runner import run_job
 from video_reward_lora.training.methods.dpo import DiffusionDPO
 from video_reward_lora.training.preference.config import PairsConfig
-from video_reward_lora.training.scored import scored_sample
 
 FAMILIES = ("cogvideox", "easyanimate", "wan2.2")
 PROMPTS = [f"prompt number {i}" for i in range(16)]
@@ -112,9 +110,7 @@ def test_built_pairs_carry_a_preference_that_holds_on_held_out_prompts(trained, 
     of the 12 gains, t > 3: p < 0.01)."""
     config = dataclasses.replace(trained(family).config, validation_prompts=HELD_OUT)
     trainer = DiffusionDPO.for_job(config, torch.float32, torch.device("cpu"))
-    samples = [(prompt, scored_sample(trainer.family, trainer.reward, prompt, config, seeded_generator(seed, 1, index)))
-               for index, prompt in enumerate(HELD_OUT) for seed in range(4)]
-    gains = shifted_gains(trainer, samples)
+    gains = shifted_gains(trainer, held_out_samples(trainer, HELD_OUT, 4))
     t = float(gains.mean() / gains.std() * len(gains) ** 0.5)
     print(f"{family}: reward gain of held-out samples shifted by {SHIFT} std along mean(winner - loser): mean "
           f"{gains.mean():.6f}, {int((gains > 0).sum())} of {len(gains)} positive, t {t:.1f}")

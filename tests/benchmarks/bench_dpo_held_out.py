@@ -29,7 +29,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from bench_dpo import write_model  # noqa: E402
-from preference_checks import shifted_gains  # noqa: E402
+from preference_checks import held_out_samples, shifted_gains  # noqa: E402
 
 from video_reward_lora.training.scored import ScoredSample  # noqa: E402
 
@@ -37,17 +37,9 @@ FAMILIES = ("cogvideox", "easyanimate", "easyanimate-v5.1", "wan2.2")
 REWARD = "aesthetic_v2.5"
 
 
-def held_out_samples(engine, prompts: list[str], seeds: int) -> list[list[ScoredSample]]:
-    """Every held-out prompt sampled at every noise seed, [prompt][seed], with the engine's LoRA as it is."""
-    from video_reward_lora.reward.seeds import seeded_generator
-    from video_reward_lora.training.scored import scored_sample
-
-    return [[scored_sample(engine.family, engine.reward, prompt, engine.config, seeded_generator(seed, 1, index))
-             for seed in range(seeds)] for index, prompt in enumerate(prompts)]
-
-
-def scores(samples: list[list[ScoredSample]]) -> torch.Tensor:
-    return torch.tensor([[made.score for made in row] for row in samples], dtype=torch.float64)
+def scores(samples: list[tuple[str, ScoredSample]], prompts: int) -> torch.Tensor:
+    """The samples' scores, [prompt, seed]."""
+    return torch.tensor([made.score for _, made in samples], dtype=torch.float64).view(prompts, -1)
 
 
 def run(family: str, model_seed: int, args: argparse.Namespace, root: Path) -> dict[str, float]:
@@ -79,8 +71,9 @@ def run(family: str, model_seed: int, args: argparse.Namespace, root: Path) -> d
         engine.train_step()
     with disabled(engine.transformer):
         base_samples = held_out_samples(engine, held_out, args.seeds)
-        shifted = shifted_gains(engine, [(prompt, made) for prompt, row in zip(held_out, base_samples) for made in row])
-    base, lora = scores(base_samples), scores(held_out_samples(engine, held_out, args.seeds))
+        shifted = shifted_gains(engine, base_samples)
+    lora_samples = held_out_samples(engine, held_out, args.seeds)
+    base, lora = scores(base_samples, len(held_out)), scores(lora_samples, len(held_out))
     gains = (lora - base).flatten()
     spread = statistics.stdev(base.mean(dim=0).tolist())
     return {"base": base.mean().item(), "lora": lora.mean().item(), "gain": gains.mean().item(), "spread": spread,
