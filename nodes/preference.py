@@ -92,7 +92,7 @@ class BuildPreferencePairs(JobNode):
                 *reward_inputs("The score of each video"),
                 *prompt_inputs("Prompts to make videos of"),
                 *video_inputs(defaults, "videos"),
-                io.Int.Input("videos_per_prompt", default=defaults.videos_per_prompt, min=2, max=64, tooltip="Videos per prompt, each from its own seed (VideoDPO samples several and pairs them)."),
+                io.Int.Input("videos_per_prompt", default=defaults.videos_per_prompt, min=2, max=64, tooltip="Videos per prompt, each from its own seed (VideoDPO samples several and pairs them). More videos give best/worst pairs further apart in score, a clearer preference to learn; each video is one full sampling."),
                 io.Combo.Input("pair_rule", options=list(PAIR_RULES), default=defaults.pair_rule, tooltip="best_vs_worst: one pair per prompt, its best video against its worst; all_pairs: every pair of a prompt's videos whose scores differ by more than min_gap."),
                 io.Float.Input("min_gap", default=defaults.min_gap, min=0.0, max=1000.0, step=0.001, tooltip="Keep only pairs whose score gap is above this."),
                 io.Float.Input("alpha", default=defaults.alpha, min=0.0, max=10.0, step=0.1, tooltip="VideoDPO's re-weighting exponent, stored with the dataset: pairs with rarer score gaps weigh (p_max/p)^alpha (0: all weigh 1)."),

@@ -12,8 +12,12 @@ seed-to-seed spread (the standard deviation, over the noise seeds, of the base m
 the paired t statistic of the per-sample gains and the fraction of samples the LoRA improved; the held-out implicit
 accuracy; and, with no DPO at all, the mean gain and the fraction improved when the base samples' latents move
 along the training pairs' mean winner − loser difference (`tests/preference_checks.py`: whether the pairs carry a
-preference that holds on held-out prompts); the process's peak resident memory. Wan2.2 trains its high-noise
-expert, as the test does.
+preference that holds on held-out prompts); why DPO does or does not turn it into better samples: the mean cosine
+between the reward's gradient at the base samples and the pairs' mean winner − loser difference ("∇r·Δ", how much of
+what the pairs differ in the reward responds to), and the reference's prediction difference against the latent
+difference of the training pairs ("ref·Δ": for ε-prediction DPO's first push is minus it, so a negative value sends
+samples toward the losers); the process's peak resident memory. Wan2.2 trains its high-noise expert, as the test
+does.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from bench_dpo import write_model  # noqa: E402
-from preference_checks import held_out_samples, shifted_gains  # noqa: E402
+from preference_checks import held_out_samples, reference_alignment, reward_gradient_alignment, shifted_gains  # noqa: E402
 
 from video_reward_lora.training.scored import ScoredSample  # noqa: E402
 
@@ -72,6 +76,7 @@ def run(family: str, model_seed: int, args: argparse.Namespace, root: Path) -> d
     with disabled(engine.transformer):
         base_samples = held_out_samples(engine, held_out, args.seeds)
         shifted = shifted_gains(engine, base_samples)
+        gradient, reference = reward_gradient_alignment(engine, base_samples), reference_alignment(engine)
     lora_samples = held_out_samples(engine, held_out, args.seeds)
     base, lora = scores(base_samples, len(held_out)), scores(lora_samples, len(held_out))
     gains = (lora - base).flatten()
@@ -79,7 +84,8 @@ def run(family: str, model_seed: int, args: argparse.Namespace, root: Path) -> d
     return {"base": base.mean().item(), "lora": lora.mean().item(), "gain": gains.mean().item(), "spread": spread,
             "gain/spread": gains.mean().item() / spread, "t": (gains.mean() / gains.std() * len(gains) ** 0.5).item(),
             "improved": (gains > 0).double().mean().item(), "accuracy": engine.evaluate([]),
-            "shifted": shifted.mean().item(), "shifted improved": (shifted > 0).double().mean().item()}
+            "shifted": shifted.mean().item(), "shifted improved": (shifted > 0).double().mean().item(),
+            "gradient": gradient, "reference": reference}
 
 
 def main() -> None:
@@ -87,7 +93,7 @@ def main() -> None:
     parser.add_argument("--family", nargs="+", choices=FAMILIES, default=list(FAMILIES))
     parser.add_argument("--model-seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--prompts", type=int, default=16)
-    parser.add_argument("--videos", type=int, default=4)
+    parser.add_argument("--videos", type=int, default=16)
     parser.add_argument("--held-out", type=int, default=16)
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=40)
@@ -98,7 +104,8 @@ def main() -> None:
 
     quiet_libraries()
     print(f"{'family':<17} {'model seed':>10} {'base':>9} {'LoRA':>9} {'gain':>10} {'spread':>9} {'gain/spread':>11} "
-          f"{'paired t':>8} {'improved':>8} {'accuracy':>8} {'shifted':>9} {'improved':>8} {'s':>5} {'peak MiB':>8}", flush=True)
+          f"{'paired t':>8} {'improved':>8} {'accuracy':>8} {'shifted':>9} {'improved':>8} {'∇r·Δ':>6} {'ref·Δ':>6} {'s':>5} "
+          f"{'peak MiB':>8}", flush=True)
     for family in args.family:
         for model_seed in args.model_seeds:
             started = time.perf_counter()
@@ -107,7 +114,7 @@ def main() -> None:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(f"{family:<17} {model_seed:>10} {r['base']:>9.5f} {r['lora']:>9.5f} {r['gain']:>10.6f} {r['spread']:>9.6f} "
                   f"{r['gain/spread']:>11.1f} {r['t']:>8.1f} {r['improved']:>8.2f} {r['accuracy']:>8.3f} {r['shifted']:>9.6f} "
-                  f"{r['shifted improved']:>8.2f} "
+                  f"{r['shifted improved']:>8.2f} {r['gradient']:>6.3f} {r['reference']:>6.3f} "
                   f"{time.perf_counter() - started:>5.0f} {peak:>8.0f}", flush=True)
 
 
