@@ -20,9 +20,26 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b / (a.norm() * b.norm()))
 
 
+def paired_t(gains: torch.Tensor) -> float:
+    """The paired t statistic of per-sample gains (their mean over its standard error)."""
+    return float(gains.mean() / gains.std() * len(gains) ** 0.5)
+
+
+def pair_latents(trainer: DiffusionDPO) -> tuple[torch.Tensor, torch.Tensor]:
+    """The latents of the trainer's training pairs: winners and losers, stacked in pair order."""
+    return (torch.stack([trainer.latents[pair.winner] for pair in trainer.pairs]),
+            torch.stack([trainer.latents[pair.loser] for pair in trainer.pairs]))
+
+
 def mean_difference(trainer: DiffusionDPO) -> torch.Tensor:
     """The mean winner − loser latent difference of the trainer's training pairs."""
-    return torch.stack([trainer.latents[pair.winner] - trainer.latents[pair.loser] for pair in trainer.pairs]).mean(0)
+    winners, losers = pair_latents(trainer)
+    return (winners - losers).mean(0)
+
+
+def reward_of(trainer: DiffusionDPO, latents: torch.Tensor, prompt: str) -> torch.Tensor:
+    """The trainer's reward mix of one sample's latents `[C,T,h,w]`, every frame decoded (a 0-dim tensor)."""
+    return trainer.reward(trainer.family.decode(latents[None])[0].float(), prompt).mean()
 
 
 def held_out_samples(trainer: DiffusionDPO, prompts: list[str], seeds: int) -> list[tuple[str, ScoredSample]]:
@@ -41,8 +58,7 @@ def shifted_gains(trainer: DiffusionDPO, samples: list[tuple[str, ScoredSample]]
     gains = []
     for prompt, made in samples:
         latents = made.latents + SHIFT * made.latents.float().std() * direction.to(made.latents)
-        frames = trainer.family.decode(latents[None])[0].float()
-        gains.append(float(trainer.reward.combine(trainer.reward.per_model(frames, prompt)).mean()) - made.score)
+        gains.append(float(reward_of(trainer, latents, prompt)) - made.score)
     return torch.tensor(gains, dtype=torch.float64)
 
 
@@ -52,12 +68,10 @@ def reward_gradient_alignment(trainer: DiffusionDPO, samples: list[tuple[str, Sc
     direction = mean_difference(trainer)
     cosines = []
     for prompt, made in samples:
-        latents = made.latents[None].float().requires_grad_(True)
+        latents = made.latents.detach().float().requires_grad_(True)
         with torch.enable_grad():
-            frames = trainer.family.decode(latents)[0].float()
-            score = trainer.reward.combine(trainer.reward.per_model(frames, prompt)).mean()
-            gradient, = torch.autograd.grad(score, latents)
-        cosines.append(_cosine(gradient[0], direction))
+            gradient, = torch.autograd.grad(reward_of(trainer, latents, prompt), latents)
+        cosines.append(_cosine(gradient, direction))
     return sum(cosines) / len(cosines)
 
 
@@ -69,8 +83,7 @@ def reference_alignment(trainer: DiffusionDPO, levels: int = 5) -> float:
     share the target, so DPO's first push on the predicted noise is minus this difference: samples move toward the
     winners only where it is positive, as for a denoiser."""
     generator = torch.Generator().manual_seed(0)
-    winners = torch.stack([trainer.latents[pair.winner] for pair in trainer.pairs])
-    losers = torch.stack([trainer.latents[pair.loser] for pair in trainer.pairs])
+    winners, losers = pair_latents(trainer)
     text = trainer.family.encode([pair.caption for pair in trainer.pairs] * 2)
     cosines = []
     for k in torch.linspace(0, len(trainer.timesteps) - 1, levels).long().tolist():

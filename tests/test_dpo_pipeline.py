@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from preference_checks import SHIFT, held_out_samples, shifted_gains
+from preference_checks import SHIFT, held_out_samples, paired_t, shifted_gains
 from video_reward_lora.reward.tiny import write_reward_models
 from video_reward_lora.training.config import TrainConfig
 from video_reward_lora.training.families.tiny import write_cogvideox_fun, write_easyanimate
@@ -116,7 +116,7 @@ def test_built_pairs_carry_a_preference_that_holds_on_held_out_prompts(trained, 
     config = dataclasses.replace(trained(family).config, validation_prompts=HELD_OUT)
     trainer = DiffusionDPO.for_job(config, torch.float32, torch.device("cpu"))
     gains = shifted_gains(trainer, held_out_samples(trainer, HELD_OUT, 4))
-    t = float(gains.mean() / gains.std() * len(gains) ** 0.5)
+    t = paired_t(gains)
     print(f"{family}: reward gain of held-out samples shifted by {SHIFT} std along mean(winner - loser): mean "
           f"{gains.mean():.6f}, {int((gains > 0).sum())} of {len(gains)} positive, t {t:.1f}")
     assert t > 3, (gains, t)

@@ -33,7 +33,8 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from bench_dpo import write_model  # noqa: E402
-from preference_checks import held_out_samples, reference_alignment, reward_gradient_alignment, shifted_gains  # noqa: E402
+from preference_checks import (held_out_samples, paired_t, reference_alignment, reward_gradient_alignment,  # noqa: E402
+                               shifted_gains)
 
 from video_reward_lora.training.scored import ScoredSample  # noqa: E402
 
@@ -82,7 +83,7 @@ def run(family: str, model_seed: int, args: argparse.Namespace, root: Path) -> d
     gains = (lora - base).flatten()
     spread = statistics.stdev(base.mean(dim=0).tolist())
     return {"base": base.mean().item(), "lora": lora.mean().item(), "gain": gains.mean().item(), "spread": spread,
-            "gain/spread": gains.mean().item() / spread, "t": (gains.mean() / gains.std() * len(gains) ** 0.5).item(),
+            "gain/spread": gains.mean().item() / spread, "t": paired_t(gains),
             "improved": (gains > 0).double().mean().item(), "accuracy": engine.evaluate([]),
             "shifted": shifted.mean().item(), "shifted improved": (shifted > 0).double().mean().item(),
             "gradient": gradient, "reference": reference}
