@@ -127,7 +127,7 @@ class Engine(ABC):
                 family.route(name, module)  # placed by the swap: never moved whole (Wan's idle offload)
         elif config.fp8_base:  # loaded on the CPU (build.load_family), quantised there, now placed; Wan2.2's idle
             for name, module in transformers.items():  # expert too, unless the family moves it in whenever it runs
-                if name == self.expert or not getattr(family, "offload_idle", False):
+                if name == self.expert or not family.offload_idle:
                     module.to(family.device)
         if self.sharded:
             for module in transformers.values():

@@ -30,6 +30,7 @@ class VideoFamily(ABC):
     fps: float
     spatial_scale: int = 8
     temporal_scale: int = 4
+    offload_idle: bool = False  # moves a transformer onto the device when it runs, and an idle one to the CPU (Wan2.2)
 
     text_encoders: dict[str, nn.Module]
 
