@@ -5,7 +5,7 @@ steps), then `--held-out` held-out prompts sampled at `--seeds` noise seeds each
 and on, from the same noise.
 
     python tests/benchmarks/bench_dpo_held_out.py [--family cogvideox easyanimate easyanimate-v5.1 wan2.2]
-        [--model-seeds 0 1 2] [--steps 40] [--learning-rate 1e-2]
+        [--model-seeds 0 1 2] [--steps 40] [--learning-rate 1e-2] [--denoiser-steps 0]
 
 Printed per run: the held-out reward of the base and of the LoRA (mean over prompts and seeds); the gain; the
 seed-to-seed spread (the standard deviation, over the noise seeds, of the base model's held-out mean); gain / spread;
@@ -17,7 +17,8 @@ between the reward's gradient at the base samples and the pairs' mean winner −
 what the pairs differ in the reward responds to), and the reference's prediction difference against the latent
 difference of the training pairs ("ref·Δ": for ε-prediction DPO's first push is minus it, so a negative value sends
 samples toward the losers); the process's peak resident memory. Wan2.2 trains its high-noise expert, as the test
-does.
+does. With `--denoiser-steps N` the EasyAnimate models are first trained for N steps as denoisers of flat-colour
+videos (`tests/toy_denoiser.py`), as the test's EasyAnimate is.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from bench_dpo import write_model  # noqa: E402
 from preference_checks import (held_out_samples, paired_t, reference_alignment, reward_gradient_alignment,  # noqa: E402
                                shifted_gains)
+from toy_denoiser import train_as_denoiser  # noqa: E402
 
 from video_reward_lora.training.scored import ScoredSample  # noqa: E402
 
@@ -58,14 +60,18 @@ def run(family: str, model_seed: int, args: argparse.Namespace, root: Path) -> d
     from video_reward_lora.training.preference.config import PairsConfig
 
     config_family = "easyanimate" if family.startswith("easyanimate") else family
-    common = dict(family=config_family, model=write_model(root, family, model_seed), rewards=[{"key": REWARD}],
+    model = write_model(root, family, model_seed)
+    prompts = [f"prompt number {i}" for i in range(args.prompts)]
+    held_out = [f"held out prompt {i}" for i in range(args.held_out)]
+    if config_family == "easyanimate" and args.denoiser_steps:
+        train_as_denoiser(Path(model["folder"]), [*prompts, *held_out, ""], args.denoiser_steps, seed=model_seed)
+    common = dict(family=config_family, model=model, rewards=[{"key": REWARD}],
                   reward_roots=[str(write_reward_models(root / "rewards", (REWARD,)))], height=32, width=32, frames=9,
                   steps=4, guidance=3.0)
     pairs = PairsConfig.from_dict({**common, "dataset": str(root / "pairs"), "videos_per_prompt": args.videos,
-                                   "prompts": [f"prompt number {i}" for i in range(args.prompts)], "pair_rule": "best_vs_worst"})
+                                   "prompts": prompts, "pair_rule": "best_vs_worst"})
     if run_job(create_job(root / "jobs", pairs).path) != "finished":
         raise RuntimeError(f"{family}: the pair job failed")
-    held_out = [f"held out prompt {i}" for i in range(args.held_out)]
     expert = {"expert": "high"} if family == "wan2.2" else {}
     config = TrainConfig.from_dict({
         **common, **expert, "method": "dpo", "dataset": str(root / "pairs"), "validation_pairs": 4,
@@ -100,6 +106,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--learning-rate", type=float, default=1e-2)
     parser.add_argument("--beta", type=float, default=5000.0)
+    parser.add_argument("--denoiser-steps", type=int, default=0,
+                        help="train the EasyAnimate models this many steps as denoisers of flat-colour videos first")
     args = parser.parse_args()
     from video_reward_lora.reward.quiet import quiet_libraries
 

@@ -112,13 +112,26 @@ def write_qwen2_tokenizer(folder: Path) -> int:
     return tokenizer.get_vocab_size()
 
 
+def write_easyanimate_weights(folder: Path, transformer: torch.nn.Module) -> None:
+    """The weights of a diffusers EasyAnimate transformer into `folder`/transformer under the original names (text
+    stream in attn2), as the published folders keep them."""
+    from safetensors.torch import save_file
+
+    from .easyanimate import RENAMES
+
+    state = {}
+    for key, value in transformer.state_dict().items():
+        for original, diffusers_name in RENAMES.items():
+            key = key.replace(diffusers_name, original)
+        state[key] = value.detach().contiguous()
+    (folder / "transformer").mkdir(parents=True, exist_ok=True)
+    save_file(state, folder / "transformer" / "diffusion_pytorch_model.safetensors")
+
+
 def _write_easyanimate_transformer_and_vae(folder: Path, seed: int, **text_stream) -> None:
     """The transformer under the original weight names (text stream in attn2), with the upstream-only config keys
     the published config.json carries, and the Magvit VAE."""
     from diffusers import AutoencoderKLMagvit, EasyAnimateTransformer3DModel
-    from safetensors.torch import save_file
-
-    from .easyanimate import RENAMES
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -128,13 +141,7 @@ def _write_easyanimate_transformer_and_vae(folder: Path, seed: int, **text_strea
             resize_inpaint_mask_directly=True, add_noise_in_inpaint_model=True, **text_stream,
         )
         vae = AutoencoderKLMagvit(block_out_channels=(16, 16, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=16)
-    state = {}
-    for key, value in transformer.state_dict().items():
-        for original, diffusers_name in RENAMES.items():
-            key = key.replace(diffusers_name, original)
-        state[key] = value.contiguous()
-    (folder / "transformer").mkdir(parents=True, exist_ok=True)
-    save_file(state, folder / "transformer" / "diffusion_pytorch_model.safetensors")
+    write_easyanimate_weights(folder, transformer)
     config = {"_class_name": "EasyAnimateTransformer3DModel", **{k: v for k, v in transformer.config.items() if not k.startswith("_")},
               "clip_channels": None, "ref_channels": None, "enable_clip_in_inpaint": False}
     (folder / "transformer" / "config.json").write_text(json.dumps(config, indent=2))

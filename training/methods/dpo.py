@@ -160,6 +160,19 @@ def prediction_type_of(scheduler: Any) -> str:
     return kind
 
 
+def training_schedule(family: VideoFamily) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """The target the family's scheduler trains (see `prediction_type_of`), its training timesteps, and the noise
+    level of each as `noised` takes it: ā, or for flow matching σ through the family's own shift."""
+    scheduler = family.new_scheduler()
+    prediction_type = prediction_type_of(scheduler)
+    count = scheduler.config.num_train_timesteps
+    if prediction_type == "flow":
+        schedule = family.schedule(count)
+        return prediction_type, schedule.timesteps, schedule.sigmas[: len(schedule.timesteps)]
+    timesteps = torch.arange(count)
+    return prediction_type, timesteps, alpha_bar(scheduler.alphas_cumprod, timesteps)
+
+
 # The first keys under the config's seed of this method's kinds of random draw (0 is the engine's micro-batch draws:
 # a micro-batch's pairs, timestep and noise):
 HELD_OUT_DRAWS = 1  # (HELD_OUT_DRAWS, pair, draw): a held-out pair's timestep and noise, the same at every evaluation
@@ -195,15 +208,7 @@ class DiffusionDPO(Engine):
         self.pairs, self.held_out = data.pairs[:split], data.pairs[split:]
         self.latents = clip_latents(family, data, config)
         super().__init__(config, family, accelerator)
-        scheduler = family.new_scheduler()
-        self.prediction_type = prediction_type_of(scheduler)
-        count = scheduler.config.num_train_timesteps
-        if self.prediction_type == "flow":  # σ through the family's own shift
-            schedule = family.schedule(count)
-            timesteps, levels = schedule.timesteps, schedule.sigmas[: len(schedule.timesteps)]
-        else:
-            timesteps = torch.arange(count)
-            levels = alpha_bar(scheduler.alphas_cumprod, timesteps)
+        self.prediction_type, timesteps, levels = training_schedule(family)
         mine = torch.tensor([family.expert(t) == self.expert for t in timesteps])
         if not mine.any():
             raise ValueError(f"the {self.expert} transformer denoises at no training timestep")
